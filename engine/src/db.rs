@@ -1,0 +1,674 @@
+//! The database handle: opening and recovery, the writer slot, group commit, publishing
+//! versions to readers, the follower path, shipping hooks, checkpoints and the background
+//! thread.
+//!
+//! Invariants this module owns:
+//! 1. LSNs are dense: each published version is the previous one's LSN + 1, and its
+//!    `checksum` is the previous checksum updated by exactly the pages of that commit.
+//! 2. A version is published (visible to `begin_read`) only after its frames are written to the
+//!    WAL, and, for `Durability::Sync`, synced.
+//! 3. A checkpoint never passes `min(oldest live reader, lsn_shipped)` (the latter only when
+//!    shipping retention is on).
+//! 4. After a failed WAL write or sync the database is poisoned: every later write fails with
+//!    `Closed` until it is reopened, because the kernel may have dropped the dirty pages.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hadal_format::limits::{
+    MAIN_FILE_PAGES_OFFSET, PAGE_SIZE_DEFAULT, WAL_HEADER_BYTES, page_size_is_valid,
+};
+use hadal_format::page;
+use hadal_format::superblock::Superblock;
+use hadal_format::wal::{CommitInfo, WalHeader};
+use hadal_format::{Lsn, PageNo, StateChecksum};
+use parking_lot::Mutex;
+
+use crate::batch::Batch;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pager::{Pager, read_superblock};
+use crate::storage::{FileStorage, Storage};
+use crate::txn::{ReadTxn, Version, WriteTxn};
+use crate::wal::Wal;
+
+/// File names inside a data folder.
+pub const MAIN_FILE_NAME: &str = "hadal.db";
+pub const WAL_FILE_NAME: &str = "hadal.wal";
+
+/// How far a commit must have gone before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The WAL is fdatasynced: the commit survives power loss.
+    #[default]
+    Sync,
+    /// The WAL is written but not synced: the commit survives a process crash, not power loss.
+    NoSync,
+}
+
+/// Settings for opening a database.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Page size for a new database (existing ones keep theirs).
+    pub page_size: u32,
+    /// Page cache budget in bytes.
+    pub cache_bytes: usize,
+    /// The background thread checkpoints once the WAL holds this many bytes of frames.
+    pub checkpoint_wal_bytes: u64,
+    /// Run the background thread (checkpoints and the TTL sweeper).
+    pub background: bool,
+    /// How often the background thread deletes expired keys.
+    pub sweep_interval: Duration,
+    /// Keep every commit after `lsn_shipped` in the WAL (set when a shipper is attached).
+    pub retain_unshipped: bool,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            page_size: PAGE_SIZE_DEFAULT,
+            cache_bytes: 256 * 1024 * 1024,
+            checkpoint_wal_bytes: 64 * 1024 * 1024,
+            background: true,
+            sweep_interval: Duration::from_secs(1),
+            retain_unshipped: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Expired keys deleted per sweeper commit, so one sweep never holds the writer for long.
+const SWEEP_BATCH_KEYS: usize = 1000;
+/// The background thread wakes at least this often.
+const BACKGROUND_TICK: Duration = Duration::from_millis(100);
+
+/// One committed transaction as the shipper sees it and the follower path installs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub lsn: Lsn,
+    /// Commit time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Every page the commit changed, sorted by page number, as sealed images.
+    pub pages: Vec<(PageNo, Bytes)>,
+    /// Pages in the image after the commit.
+    pub page_count: u32,
+    pub checksum_before: StateChecksum,
+    pub checksum_after: StateChecksum,
+}
+
+/// Counters and positions for `hadal info` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub lsn_committed: Lsn,
+    pub lsn_checkpoint: Lsn,
+    pub lsn_shipped: Lsn,
+    pub page_size: u32,
+    pub page_count: u32,
+    pub checksum: StateChecksum,
+    pub wal_bytes: u64,
+    pub db_id: [u8; 16],
+}
+
+#[derive(Debug)]
+struct Request {
+    batch: Mutex<Option<Batch>>,
+    result: Mutex<Option<Result<Lsn>>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub pager: Pager,
+    current: ArcSwap<Version>,
+    /// Every version handed out that may still be held by a reader.
+    published: Mutex<Vec<Weak<Version>>>,
+    pub writer: Mutex<()>,
+    queue: Mutex<Vec<Arc<Request>>>,
+    lsn_shipped: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+    options: Options,
+    wake: Mutex<Option<SyncSender<()>>>,
+    stop: AtomicBool,
+}
+
+/// An open database. Cheap to clone; the background thread stops when the last clone drops.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// Held only so the background thread stops when the last clone drops.
+    _background: Option<Arc<Background>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Background {
+    inner: Weak<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.stop.store(true, Ordering::SeqCst);
+            if let Some(wake) = inner.wake.lock().as_ref() {
+                let _ = wake.try_send(());
+            }
+        }
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn replicate(e: &Error) -> Error {
+    match e.kind() {
+        ErrorKind::Corrupt => Error::corrupt("database", e.to_string()),
+        ErrorKind::Invalid => Error::Invalid(e.to_string()),
+        ErrorKind::Io => Error::io(
+            "group commit",
+            "database",
+            std::io::Error::other(e.to_string()),
+        ),
+        _ => Error::Closed(e.to_string()),
+    }
+}
+
+impl Database {
+    /// Opens (or creates) the database in the folder `dir`.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Database> {
+        let dir = dir.as_ref();
+        let shown = dir.display().to_string();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", &shown, e))?;
+        let main_path = dir.join(MAIN_FILE_NAME);
+        let main = FileStorage::open(&main_path)
+            .map_err(|e| Error::io("open", main_path.display().to_string(), e))?;
+        if !main.try_lock().map_err(|e| Error::io("lock", &shown, e))? {
+            return Err(Error::Busy(shown));
+        }
+        let wal_path = dir.join(WAL_FILE_NAME);
+        let wal = FileStorage::open(&wal_path)
+            .map_err(|e| Error::io("open", wal_path.display().to_string(), e))?;
+        // Make the new directory entries durable before anything depends on them.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync folder", &shown, e))?;
+        Self::open_storage(Arc::new(main), Arc::new(wal), options)
+    }
+
+    /// Opens a database on explicit storage (in-memory and fault-injecting tests).
+    pub fn open_storage(
+        main: Arc<dyn Storage>,
+        wal: Arc<dyn Storage>,
+        options: Options,
+    ) -> Result<Database> {
+        if !page_size_is_valid(options.page_size) {
+            return Err(Error::Invalid(format!(
+                "page size {} must be a power of two from 4096 to 65536",
+                options.page_size
+            )));
+        }
+        let sb = match read_superblock(&*main) {
+            Ok(Some(sb)) => sb,
+            Ok(None) => create(&*main, options.page_size)?,
+            Err(e) if never_used(&*main, &*wal)? => {
+                tracing::warn!(error = %e, "main file has no valid superblock and nothing was ever written: creating");
+                create(&*main, options.page_size)?
+            }
+            Err(e) => return Err(e),
+        };
+        let (wal, tip) = Wal::recover(wal, &sb)?;
+        let pager = Pager::new(main, wal, sb, options.cache_bytes);
+        let version = Arc::new(Version {
+            lsn: tip.lsn,
+            page_count: tip.page_count,
+            checksum: tip.checksum,
+            time_ms: tip.time_ms,
+        });
+        let inner = Arc::new(Inner {
+            pager,
+            published: Mutex::new(vec![Arc::downgrade(&version)]),
+            current: ArcSwap::new(version),
+            writer: Mutex::new(()),
+            queue: Mutex::new(Vec::new()),
+            lsn_shipped: AtomicU64::new(sb.checkpoint_lsn.get()),
+            poisoned: Mutex::new(None),
+            wake: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            options,
+        });
+        let background = inner.options.background.then(|| start_background(&inner));
+        Ok(Database {
+            _background: background,
+            inner,
+        })
+    }
+
+    /// Starts a read snapshot at the latest published LSN. Never blocks.
+    pub fn begin_read(&self) -> ReadTxn {
+        ReadTxn::new(
+            self.inner.clone(),
+            self.inner.current.load_full(),
+            self.inner.options.clock.now_ms(),
+        )
+    }
+
+    /// Takes the writer slot (waiting for the current writer) and starts a write transaction.
+    pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
+        self.inner.check_open()?;
+        let guard = self.inner.writer.lock();
+        self.inner.check_open()?;
+        WriteTxn::new(
+            &self.inner,
+            guard,
+            self.inner.current.load_full(),
+            self.inner.options.clock.now_ms(),
+        )
+    }
+
+    /// Applies a batch through group commit: concurrent callers' batches are applied in arrival
+    /// order in one transaction, written once and synced once.
+    pub fn apply(&self, batch: Batch) -> Result<Lsn> {
+        batch.validate()?;
+        self.inner.check_open()?;
+        let request = Arc::new(Request {
+            batch: Mutex::new(Some(batch)),
+            result: Mutex::new(None),
+        });
+        self.inner.queue.lock().push(request.clone());
+        let guard = self.inner.writer.lock();
+        if let Some(result) = request.result.lock().take() {
+            return result;
+        }
+        let group = std::mem::take(&mut *self.inner.queue.lock());
+        self.inner.run_group(guard, &group);
+        request
+            .result
+            .lock()
+            .take()
+            .unwrap_or_else(|| Err(Error::Closed("group commit lost a request".into())))
+    }
+
+    /// The commits after `after`, at most `max` of them, from the local WAL.
+    pub fn commits_since(&self, after: Lsn, max: usize) -> Result<Vec<Commit>> {
+        let raw = self.inner.pager.wal.commits_since(after, max)?;
+        Ok(raw
+            .into_iter()
+            .map(|(meta, pages)| Commit {
+                lsn: meta.lsn,
+                time_ms: meta.time_ms,
+                pages,
+                page_count: meta.page_count,
+                checksum_before: meta.checksum_before,
+                checksum_after: meta.checksum_after,
+            })
+            .collect())
+    }
+
+    /// Records that every commit up to `lsn` is durable elsewhere, releasing it for checkpoint.
+    pub fn set_lsn_shipped(&self, lsn: Lsn) {
+        self.inner
+            .lsn_shipped
+            .fetch_max(lsn.get(), Ordering::SeqCst);
+    }
+
+    pub fn lsn_shipped(&self) -> Lsn {
+        Lsn::new(self.inner.lsn_shipped.load(Ordering::SeqCst))
+    }
+
+    /// The follower path: installs a commit shipped from a primary after checking that it
+    /// continues this image (`checksum_before`) and produces what it claims (`checksum_after`).
+    pub fn apply_commit(&self, commit: &Commit, durability: Durability) -> Result<()> {
+        self.inner.check_open()?;
+        let _guard = self.inner.writer.lock();
+        let base = self.inner.current.load_full();
+        let object = || format!("commit {:?}", commit.lsn);
+        if commit.lsn != base.lsn.next() {
+            return Err(Error::Invalid(format!(
+                "commit {:?} does not follow the local lsn {:?}",
+                commit.lsn, base.lsn
+            )));
+        }
+        if commit.checksum_before != base.checksum {
+            return Err(Error::corrupt(
+                object(),
+                format!(
+                    "checksum_before {:?} differs from the local image's {:?}: histories diverged",
+                    commit.checksum_before, base.checksum
+                ),
+            ));
+        }
+        if commit.page_count < base.page_count || commit.pages.is_empty() {
+            return Err(Error::corrupt(
+                object(),
+                "shrinks the image or changes no pages",
+            ));
+        }
+        let mut expected_new = base.page_count;
+        for (i, (page_no, image)) in commit.pages.iter().enumerate() {
+            if i > 0 && commit.pages[i - 1].0 >= *page_no {
+                return Err(Error::corrupt(object(), "pages are not sorted and unique"));
+            }
+            if page_no.get() >= commit.page_count || image.len() != self.inner.pager.page_size {
+                return Err(Error::corrupt(
+                    object(),
+                    format!("page {page_no} is out of range or the wrong size"),
+                ));
+            }
+            page::verify(*page_no, image)
+                .map_err(|e| Error::corrupt(format!("{} page {page_no}", object()), e))?;
+            if page_no.get() == expected_new {
+                expected_new += 1;
+            }
+        }
+        if expected_new != commit.page_count {
+            return Err(Error::corrupt(
+                object(),
+                "grows the image without carrying every new page",
+            ));
+        }
+        self.inner.commit_pages(
+            &base,
+            commit.lsn,
+            commit.time_ms,
+            commit.page_count,
+            commit.pages.clone(),
+            durability,
+            Some(commit.checksum_after),
+        )
+    }
+
+    /// Copies committed pages into the main file, up to what readers and shipping allow.
+    /// Returns the checkpoint LSN reached, if it moved.
+    pub fn checkpoint(&self) -> Result<Option<Lsn>> {
+        self.inner.checkpoint()
+    }
+
+    /// Deletes up to `max` expired keys in one commit. Returns how many were deleted.
+    pub fn sweep_expired(&self, max: usize) -> Result<usize> {
+        self.inner.sweep_expired(max)
+    }
+
+    pub fn info(&self) -> Info {
+        let v = self.inner.current.load();
+        let sb = *self.inner.pager.superblock.lock();
+        Info {
+            lsn_committed: v.lsn,
+            lsn_checkpoint: sb.checkpoint_lsn,
+            lsn_shipped: self.lsn_shipped(),
+            page_size: sb.page_size,
+            page_count: v.page_count,
+            checksum: v.checksum,
+            wal_bytes: self.inner.pager.wal.bytes_used(),
+            db_id: sb.db_id,
+        }
+    }
+
+    /// The latest committed LSN.
+    pub fn lsn(&self) -> Lsn {
+        self.inner.current.load().lsn
+    }
+
+    /// Walks every page and structure and reports what is wrong (see [`crate::integrity`]).
+    pub fn check_integrity(&self) -> Result<crate::integrity::Report> {
+        crate::integrity::check(&self.begin_read())
+    }
+}
+
+/// Whether a main file without a valid superblock could never have held data: no page was
+/// ever checkpointed into it and the WAL never got a valid header.
+fn never_used(main: &dyn Storage, wal: &dyn Storage) -> Result<bool> {
+    let main_len = main
+        .len()
+        .map_err(|e| Error::io("len", main.name().to_string(), e))?;
+    if main_len > MAIN_FILE_PAGES_OFFSET {
+        return Ok(false);
+    }
+    let wal_len = wal
+        .len()
+        .map_err(|e| Error::io("len", wal.name().to_string(), e))?;
+    if wal_len < WAL_HEADER_BYTES as u64 {
+        return Ok(true);
+    }
+    let mut raw = [0u8; WAL_HEADER_BYTES];
+    wal.read_at(0, &mut raw)
+        .map_err(|e| Error::io("read header", wal.name().to_string(), e))?;
+    Ok(WalHeader::decode(&raw).is_err())
+}
+
+/// Writes both superblock copies of a new, empty database.
+fn create(main: &dyn Storage, page_size: u32) -> Result<Superblock> {
+    let mut sb = Superblock {
+        page_size,
+        generation: 0,
+        checkpoint_lsn: Lsn::ZERO,
+        page_count: 0,
+        checksum: StateChecksum::EMPTY,
+        checkpoint_time_ms: 0,
+        db_id: rand::random(),
+    };
+    let err = |op, e| Error::io(op, main.name().to_string(), e);
+    for generation in 0..2 {
+        sb.generation = generation;
+        main.write_at(
+            sb.region() * hadal_format::limits::SUPERBLOCK_REGION_BYTES,
+            &sb.encode(),
+        )
+        .map_err(|e| err("create", e))?;
+    }
+    main.sync().map_err(|e| err("create", e))?;
+    Ok(sb)
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        match &*self.poisoned.lock() {
+            Some(why) => Err(Error::Closed(format!(
+                "an earlier failure poisoned the database ({why}); reopen it"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, why: &str) {
+        tracing::error!(
+            reason = why,
+            "database poisoned: refusing further writes until reopened"
+        );
+        self.poisoned.lock().get_or_insert_with(|| why.to_string());
+    }
+
+    /// Appends a commit's pages to the WAL and publishes the new version. Called with the
+    /// writer slot held.
+    pub(crate) fn commit_pages(
+        &self,
+        base: &Version,
+        lsn: Lsn,
+        time_ms: u64,
+        page_count: u32,
+        images: Vec<(PageNo, Bytes)>,
+        durability: Durability,
+        expected_checksum: Option<StateChecksum>,
+    ) -> Result<()> {
+        assert_eq!(lsn, base.lsn.next(), "commits must be dense");
+        let mut checksum = base.checksum;
+        for (page_no, image) in &images {
+            if page_no.get() < base.page_count {
+                let old = self.pager.read(*page_no, base.lsn, base.page_count)?;
+                checksum.replace(*page_no, &old, image);
+            } else {
+                checksum.add(*page_no, image);
+            }
+        }
+        if let Some(expected) = expected_checksum
+            && expected != checksum
+        {
+            return Err(Error::corrupt(
+                format!("commit {lsn:?}"),
+                format!("its pages give state checksum {checksum:?} but it claims {expected:?}"),
+            ));
+        }
+        let info = CommitInfo {
+            page_count,
+            time_ms,
+            checksum_after: checksum,
+        };
+        if let Err(e) = self
+            .pager
+            .wal
+            .append(lsn, info, &images, durability == Durability::Sync)
+        {
+            self.poison(&e.to_string());
+            return Err(e);
+        }
+        self.pager.cache_committed(lsn, &images);
+        self.publish(Arc::new(Version {
+            lsn,
+            page_count,
+            checksum,
+            time_ms,
+        }));
+        if self.pager.wal.bytes_used() >= self.options.checkpoint_wal_bytes
+            && let Some(wake) = self.wake.lock().as_ref()
+        {
+            let _ = wake.try_send(());
+        }
+        Ok(())
+    }
+
+    fn publish(&self, version: Arc<Version>) {
+        let mut published = self.published.lock();
+        published.retain(|v| v.strong_count() > 0);
+        published.push(Arc::downgrade(&version));
+        self.current.store(version);
+    }
+
+    /// The lowest LSN any live snapshot reads at.
+    fn oldest_reader(&self) -> Lsn {
+        let mut published = self.published.lock();
+        published.retain(|v| v.strong_count() > 0);
+        published
+            .iter()
+            .filter_map(|v| v.upgrade().map(|v| v.lsn))
+            .min()
+            .unwrap_or_else(|| self.current.load().lsn)
+    }
+
+    fn checkpoint(&self) -> Result<Option<Lsn>> {
+        self.check_open()?;
+        let mut limit = self.oldest_reader();
+        if self.options.retain_unshipped {
+            limit = limit.min(Lsn::new(self.lsn_shipped.load(Ordering::SeqCst)));
+        }
+        self.pager.checkpoint(limit).inspect_err(|e| {
+            if e.kind() == ErrorKind::Io {
+                self.poison(&e.to_string());
+            }
+        })
+    }
+
+    fn sweep_expired(&self, max: usize) -> Result<usize> {
+        self.check_open()?;
+        let guard = self.writer.lock();
+        let mut txn = WriteTxn::new(
+            self,
+            guard,
+            self.current.load_full(),
+            self.options.clock.now_ms(),
+        )?;
+        let n = txn.sweep_expired(max)?;
+        txn.commit_with(Durability::NoSync)?;
+        Ok(n)
+    }
+
+    fn run_group(&self, guard: parking_lot::MutexGuard<'_, ()>, group: &[Arc<Request>]) {
+        let fail_all = |e: &Error| {
+            for r in group {
+                r.result.lock().get_or_insert_with(|| Err(replicate(e)));
+            }
+        };
+        let mut txn = match self.check_open().and_then(|()| {
+            WriteTxn::new(
+                self,
+                guard,
+                self.current.load_full(),
+                self.options.clock.now_ms(),
+            )
+        }) {
+            Ok(txn) => txn,
+            Err(e) => return fail_all(&e),
+        };
+        let mut applied = Vec::with_capacity(group.len());
+        let mut durability = Durability::NoSync;
+        for request in group {
+            let Some(batch) = request.batch.lock().take() else {
+                continue;
+            };
+            match batch.check(&txn) {
+                Ok(()) => {}
+                Err(e @ Error::AssertionFailed { .. }) => {
+                    *request.result.lock() = Some(Err(e));
+                    continue;
+                }
+                Err(e) => return fail_all(&e),
+            }
+            if let Err(e) = batch.apply_to(&mut txn) {
+                return fail_all(&e);
+            }
+            if batch.durability == Durability::Sync {
+                durability = Durability::Sync;
+            }
+            applied.push(request);
+        }
+        match txn.commit_with(durability) {
+            Ok(lsn) => {
+                for r in applied {
+                    *r.result.lock() = Some(Ok(lsn));
+                }
+            }
+            Err(e) => fail_all(&e),
+        }
+    }
+}
+
+fn start_background(inner: &Arc<Inner>) -> Arc<Background> {
+    let (wake, wakeups) = sync_channel(1);
+    *inner.wake.lock() = Some(wake);
+    let weak = Arc::downgrade(inner);
+    let thread = std::thread::Builder::new()
+        .name("hadal-background".into())
+        .spawn(move || background_loop(weak, wakeups))
+        .expect("spawning the background thread: the OS refused a thread");
+    Arc::new(Background {
+        inner: Arc::downgrade(inner),
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+fn background_loop(inner: Weak<Inner>, wakeups: Receiver<()>) {
+    let mut last_sweep = Instant::now();
+    loop {
+        if let Err(RecvTimeoutError::Disconnected) = wakeups.recv_timeout(BACKGROUND_TICK) {
+            return;
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if inner.pager.wal.bytes_used() >= inner.options.checkpoint_wal_bytes
+            && let Err(e) = inner.checkpoint()
+        {
+            tracing::warn!(error = %e, "background checkpoint failed");
+        }
+        if last_sweep.elapsed() >= inner.options.sweep_interval {
+            last_sweep = Instant::now();
+            if let Err(e) = inner.sweep_expired(SWEEP_BATCH_KEYS) {
+                tracing::warn!(error = %e, "expired-key sweep failed");
+            }
+        }
+    }
+}
