@@ -22,19 +22,25 @@ pub use ids::{Epoch, Lsn, ManifestId, PageNo, Slot};
 /// Reads a little-endian `u16` at `at`. Callers check bounds first; a short slice is a bug in the
 /// caller's length check, so it is reported as an error rather than trusted.
 pub fn read_u16(bytes: &[u8], at: usize) -> Result<u16, FormatError> {
-    let raw = bytes.get(at..at + 2).ok_or(FormatError::Truncated { needed: at + 2 })?;
+    let raw = bytes
+        .get(at..at + 2)
+        .ok_or(FormatError::Truncated { needed: at + 2 })?;
     Ok(u16::from_le_bytes([raw[0], raw[1]]))
 }
 
 /// Reads a little-endian `u32` at `at`.
 pub fn read_u32(bytes: &[u8], at: usize) -> Result<u32, FormatError> {
-    let raw = bytes.get(at..at + 4).ok_or(FormatError::Truncated { needed: at + 4 })?;
+    let raw = bytes
+        .get(at..at + 4)
+        .ok_or(FormatError::Truncated { needed: at + 4 })?;
     Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
 }
 
 /// Reads a little-endian `u64` at `at`.
 pub fn read_u64(bytes: &[u8], at: usize) -> Result<u64, FormatError> {
-    let raw = bytes.get(at..at + 8).ok_or(FormatError::Truncated { needed: at + 8 })?;
+    let raw = bytes
+        .get(at..at + 8)
+        .ok_or(FormatError::Truncated { needed: at + 8 })?;
     let mut buf = [0u8; 8];
     buf.copy_from_slice(raw);
     Ok(u64::from_le_bytes(buf))

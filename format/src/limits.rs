@@ -30,7 +30,8 @@ pub const OVERFLOW_REF_BYTES: usize = 4;
 /// Bytes of a slot in a page's slot array.
 pub const SLOT_BYTES: usize = 2;
 /// A leaf cell larger than this moves its value to an overflow chain.
-pub const LEAF_CELL_BYTES_MAX: usize = (PAGE_SIZE_MIN as usize - PAGE_HEADER_BYTES) / 4 - SLOT_BYTES;
+pub const LEAF_CELL_BYTES_MAX: usize =
+    (PAGE_SIZE_MIN as usize - PAGE_HEADER_BYTES) / 4 - SLOT_BYTES;
 
 /// WAL header: magic, version, page size, salt, restart count, base LSN, CRC.
 pub const WAL_HEADER_BYTES: usize = 64;

@@ -60,7 +60,9 @@ pub fn seal(page_no: PageNo, page_type: PageType, page: &mut [u8]) {
 /// Verifies the CRC of `page` as page `page_no` and returns its type.
 pub fn verify(page_no: PageNo, page: &[u8]) -> Result<PageType, FormatError> {
     if page.len() < crate::limits::PAGE_SIZE_MIN as usize {
-        return Err(FormatError::Truncated { needed: crate::limits::PAGE_SIZE_MIN as usize });
+        return Err(FormatError::Truncated {
+            needed: crate::limits::PAGE_SIZE_MIN as usize,
+        });
     }
     let stored = read_u32(page, 0)?;
     let computed = page_crc(page_no, page);
@@ -83,11 +85,17 @@ mod tests {
         let mut page = vec![7u8; 4096];
         seal(PageNo::new(3), PageType::Leaf, &mut page);
         assert_eq!(verify(PageNo::new(3), &page), Ok(PageType::Leaf));
-        assert!(verify(PageNo::new(4), &page).is_err(), "misdirected write must not verify");
+        assert!(
+            verify(PageNo::new(4), &page).is_err(),
+            "misdirected write must not verify"
+        );
         for i in 0..page.len() {
             let mut bad = page.clone();
             bad[i] ^= 0x40;
-            assert!(verify(PageNo::new(3), &bad).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                verify(PageNo::new(3), &bad).is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
     }
 

@@ -55,10 +55,14 @@ impl Superblock {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() < SUPERBLOCK_BYTES {
-            return Err(FormatError::Truncated { needed: SUPERBLOCK_BYTES });
+            return Err(FormatError::Truncated {
+                needed: SUPERBLOCK_BYTES,
+            });
         }
         if &bytes[0..8] != SUPERBLOCK_MAGIC {
-            return Err(FormatError::BadMagic { expected: "HADALSB" });
+            return Err(FormatError::BadMagic {
+                expected: "HADALSB",
+            });
         }
         let stored = read_u32(bytes, 124)?;
         let computed = crc32c::crc32c(&bytes[0..124]);

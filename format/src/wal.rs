@@ -9,7 +9,8 @@
 //!        verify in a newer one
 //! 24  8  restart count
 //! 32  8  base LSN: every commit in this generation is > base
-//! 40 20  reserved, zero
+//! 40  8  state checksum of the image at the base LSN
+//! 48 12  reserved, zero
 //! 60  4  CRC32C of bytes 0..60
 //!
 //! Frame (48-byte header + one page image)
@@ -41,6 +42,8 @@ pub struct WalHeader {
     pub salt: u64,
     pub restart_count: u64,
     pub base_lsn: Lsn,
+    /// State checksum at `base_lsn`: the `checksum_before` of this generation's first commit.
+    pub base_checksum: StateChecksum,
 }
 
 impl WalHeader {
@@ -52,6 +55,7 @@ impl WalHeader {
         out[16..24].copy_from_slice(&self.salt.to_le_bytes());
         out[24..32].copy_from_slice(&self.restart_count.to_le_bytes());
         out[32..40].copy_from_slice(&self.base_lsn.get().to_le_bytes());
+        out[40..48].copy_from_slice(&self.base_checksum.get().to_le_bytes());
         let crc = crc32c::crc32c(&out[0..60]);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
         out
@@ -59,10 +63,14 @@ impl WalHeader {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() < WAL_HEADER_BYTES {
-            return Err(FormatError::Truncated { needed: WAL_HEADER_BYTES });
+            return Err(FormatError::Truncated {
+                needed: WAL_HEADER_BYTES,
+            });
         }
         if &bytes[0..8] != WAL_MAGIC {
-            return Err(FormatError::BadMagic { expected: "HADALWAL" });
+            return Err(FormatError::BadMagic {
+                expected: "HADALWAL",
+            });
         }
         let stored = read_u32(bytes, 60)?;
         let computed = crc32c::crc32c(&bytes[0..60]);
@@ -88,6 +96,7 @@ impl WalHeader {
             salt: read_u64(bytes, 16)?,
             restart_count: read_u64(bytes, 24)?,
             base_lsn: Lsn::new(read_u64(bytes, 32)?),
+            base_checksum: StateChecksum::from_raw(read_u64(bytes, 40)?),
         })
     }
 
@@ -146,7 +155,9 @@ impl FrameHeader {
     /// Decodes a frame header without checking the chain (see [`FrameHeader::verify_chain`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() < WAL_FRAME_HEADER_BYTES {
-            return Err(FormatError::Truncated { needed: WAL_FRAME_HEADER_BYTES });
+            return Err(FormatError::Truncated {
+                needed: WAL_FRAME_HEADER_BYTES,
+            });
         }
         let page_count = read_u32(bytes, 4)?;
         let commit = (page_count != 0).then(|| -> Result<CommitInfo, FormatError> {
@@ -189,7 +200,13 @@ mod tests {
     #[test]
     fn header_round_trips_and_rejects_flips() {
         // Proves every byte of the WAL header is covered by its CRC or magic.
-        let h = WalHeader { page_size: 4096, salt: 0xfeed, restart_count: 3, base_lsn: Lsn::new(7) };
+        let h = WalHeader {
+            page_size: 4096,
+            salt: 0xfeed,
+            restart_count: 3,
+            base_lsn: Lsn::new(7),
+            base_checksum: StateChecksum::from_raw(5),
+        };
         let raw = h.encode();
         assert_eq!(WalHeader::decode(&raw), Ok(h));
         for i in 0..60 {

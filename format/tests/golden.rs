@@ -10,13 +10,22 @@ use hadal_format::wal::{CommitInfo, FrameHeader, WalHeader};
 use hadal_format::{Lsn, PageNo, StateChecksum};
 
 fn golden(name: &str, encoded: &[u8]) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name);
     if std::env::var_os("HADAL_BLESS").is_some() {
         std::fs::write(&path, encoded).expect("write golden file");
     }
-    let stored = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("golden file {} missing ({e}); see this file's doc", path.display()));
-    assert_eq!(stored, encoded, "encoding of {name} changed: formats are forever");
+    let stored = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "golden file {} missing ({e}); see this file's doc",
+            path.display()
+        )
+    });
+    assert_eq!(
+        stored, encoded,
+        "encoding of {name} changed: formats are forever"
+    );
     stored
 }
 
@@ -37,7 +46,13 @@ fn page_v1_decodes() {
 fn wal_header_and_commit_frame_v1_decode() {
     // Proves the WAL header and a commit frame header from version 1 decode to the same fields
     // and the frame's chain still verifies against the stored seed.
-    let header = WalHeader { page_size: 4096, salt: 0x1234_5678_9abc_def0, restart_count: 2, base_lsn: Lsn::new(41) };
+    let header = WalHeader {
+        page_size: 4096,
+        salt: 0x1234_5678_9abc_def0,
+        restart_count: 2,
+        base_lsn: Lsn::new(41),
+        base_checksum: StateChecksum::from_raw(0x5151),
+    };
     let stored = golden("wal-header.bin", &header.encode());
     let decoded = WalHeader::decode(&stored).expect("golden WAL header decodes");
     assert_eq!(decoded, header);
@@ -46,14 +61,28 @@ fn wal_header_and_commit_frame_v1_decode() {
         page_no: PageNo::new(17),
         lsn: Lsn::new(42),
         salt: header.salt,
-        commit: Some(CommitInfo { page_count: 18, time_ms: 1_763_000_000_000, checksum_after: StateChecksum::from_raw(0x0bad_cafe) }),
+        commit: Some(CommitInfo {
+            page_count: 18,
+            time_ms: 1_763_000_000_000,
+            checksum_after: StateChecksum::from_raw(0x0bad_cafe),
+        }),
         chain: 0,
     };
     let page = sample_page();
-    let stored = golden("wal-frame-commit.bin", &frame.encode(decoded.chain_seed(), &page));
+    let stored = golden(
+        "wal-frame-commit.bin",
+        &frame.encode(decoded.chain_seed(), &page),
+    );
     let got = FrameHeader::decode(&stored).expect("golden frame decodes");
-    assert_eq!((got.page_no, got.lsn, got.salt, got.commit), (frame.page_no, frame.lsn, frame.salt, frame.commit));
-    assert!(FrameHeader::verify_chain(&stored, decoded.chain_seed(), &page));
+    assert_eq!(
+        (got.page_no, got.lsn, got.salt, got.commit),
+        (frame.page_no, frame.lsn, frame.salt, frame.commit)
+    );
+    assert!(FrameHeader::verify_chain(
+        &stored,
+        decoded.chain_seed(),
+        &page
+    ));
 }
 
 #[test]
