@@ -179,6 +179,20 @@ impl MemStorage {
         }
     }
 
+    /// A file whose durable and live contents are `bytes` (for corruption tests).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Self {
+        let file = MemFile {
+            live: bytes.clone(),
+            durable: bytes,
+            pending: Vec::new(),
+        };
+        Self {
+            file: Arc::new(Mutex::new(file)),
+            plan: FaultPlan::never(),
+            name: name.to_string(),
+        }
+    }
+
     /// A handle to the same bytes with a different fault plan (a "rebooted" process).
     pub fn reopen(&self, plan: Arc<Mutex<FaultPlan>>) -> Self {
         Self {
@@ -203,8 +217,13 @@ impl MemStorage {
             .collect();
         if !writes.is_empty() && rng.random_bool(tear_probability) {
             let (offset, data) = writes[rng.random_range(0..writes.len())];
-            let keep = rng.random_range(0..data.len());
-            apply_write(&mut f.durable, offset, &data[..keep]);
+            // Tear before the last byte that differs from the disk, so the torn write really
+            // is incomplete (a tail equal to what was there would make it whole).
+            let on_disk = |i: usize| f.durable.get(offset as usize + i).copied();
+            if let Some(last_diff) = (0..data.len()).rev().find(|&i| on_disk(i) != Some(data[i])) {
+                let keep = rng.random_range(0..=last_diff);
+                apply_write(&mut f.durable, offset, &data[..keep]);
+            }
         }
         f.live = f.durable.clone();
     }

@@ -198,11 +198,11 @@ impl Wal {
                 ),
             ));
         }
-        let commits = wal.scan(&header, len)?;
+        let (commits, chain) = wal.scan(&header, len)?;
         let state = wal.state.get_mut();
         state.header = header;
         state.restart_pending = false;
-        state.chain = header.chain_seed();
+        state.chain = chain;
         state.last_lsn = header.base_lsn;
         state.last_checksum = header.base_checksum;
         if let Some(last) = commits.last() {
@@ -214,11 +214,13 @@ impl Wal {
         wal.reconcile(sb, checkpoint_tip)
     }
 
-    /// Reads frames after `header` and returns the complete commits, indexing their pages.
-    fn scan(&mut self, header: &WalHeader, len: u64) -> Result<Vec<CommitMeta>> {
+    /// Reads frames after `header` and returns the complete commits, indexing their pages, and
+    /// the chain value after the last commit frame (what the next frame continues).
+    fn scan(&mut self, header: &WalHeader, len: u64) -> Result<(Vec<CommitMeta>, u64)> {
         let frame_bytes = self.frame_bytes() as usize;
         let frames_per_chunk = (RECOVERY_READ_BYTES / frame_bytes).max(1);
         let mut chain = header.chain_seed();
+        let mut committed_chain = chain;
         let mut commits = Vec::new();
         let mut open: Vec<(PageNo, u64)> = Vec::new();
         let mut lsn = header.base_lsn.next();
@@ -279,6 +281,7 @@ impl Wal {
                         index.insert(p, lsn, f);
                     }
                     checksum = info.checksum_after;
+                    committed_chain = chain;
                     lsn = lsn.next();
                 }
             }
@@ -290,7 +293,7 @@ impl Wal {
                 "discarded a torn transaction at the end of the WAL"
             );
         }
-        Ok(commits)
+        Ok((commits, committed_chain))
     }
 
     /// Checks the recovered WAL against the checkpoint and drops what the main file holds.
