@@ -116,6 +116,19 @@ pub struct Info {
     pub db_id: [u8; 16],
 }
 
+/// A commit on its way into the WAL.
+#[derive(Debug)]
+pub(crate) struct PendingCommit {
+    pub lsn: Lsn,
+    pub time_ms: u64,
+    pub page_count: u32,
+    /// Sealed page images, sorted by page number.
+    pub images: Vec<(PageNo, Bytes)>,
+    /// For the follower path: the checksum the sender claims; the commit is refused if its
+    /// pages give another.
+    pub expected_checksum: Option<StateChecksum>,
+}
+
 #[derive(Debug)]
 struct Request {
     batch: Mutex<Option<Batch>>,
@@ -371,15 +384,14 @@ impl Database {
                 "grows the image without carrying every new page",
             ));
         }
-        self.inner.commit_pages(
-            &base,
-            commit.lsn,
-            commit.time_ms,
-            commit.page_count,
-            commit.pages.clone(),
-            durability,
-            Some(commit.checksum_after),
-        )
+        let pending = PendingCommit {
+            lsn: commit.lsn,
+            time_ms: commit.time_ms,
+            page_count: commit.page_count,
+            images: commit.pages.clone(),
+            expected_checksum: Some(commit.checksum_after),
+        };
+        self.inner.commit_pages(&base, pending, durability)
     }
 
     /// Copies committed pages into the main file, up to what readers and shipping allow.
@@ -487,13 +499,16 @@ impl Inner {
     pub(crate) fn commit_pages(
         &self,
         base: &Version,
-        lsn: Lsn,
-        time_ms: u64,
-        page_count: u32,
-        images: Vec<(PageNo, Bytes)>,
+        commit: PendingCommit,
         durability: Durability,
-        expected_checksum: Option<StateChecksum>,
     ) -> Result<()> {
+        let PendingCommit {
+            lsn,
+            time_ms,
+            page_count,
+            images,
+            expected_checksum,
+        } = commit;
         assert_eq!(lsn, base.lsn.next(), "commits must be dense");
         let mut checksum = base.checksum;
         for (page_no, image) in &images {

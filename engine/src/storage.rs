@@ -17,6 +17,10 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 /// A file the engine can read, write and make durable.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's length is a size, not a collection's count"
+)]
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Fills `buf` from `offset`; reading past the end is an `UnexpectedEof` error.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
@@ -132,6 +136,11 @@ impl FaultPlan {
     /// A plan that never fails.
     pub fn never() -> Arc<Mutex<FaultPlan>> {
         Arc::new(Mutex::new(FaultPlan::default()))
+    }
+
+    /// Arms the plan to kill the process `n` operations from now (0: the next one).
+    pub fn fail_in(&mut self, n: u64) {
+        self.fail_at = Some(self.ops + n);
     }
 
     /// Whether the simulated process has died.

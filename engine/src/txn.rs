@@ -23,7 +23,7 @@ use parking_lot::MutexGuard;
 
 use crate::btree::node::{BranchNode, CellValue, LeafCell, LeafNode};
 use crate::btree::{self, Entry, PageSource, RangeIter, page_type, write};
-use crate::db::{Durability, Inner};
+use crate::db::{Durability, Inner, PendingCommit};
 use crate::error::{Error, Result};
 use crate::pager::Pager;
 use crate::pages::{self, Meta};
@@ -585,7 +585,7 @@ impl<'db> WriteTxn<'db> {
         validate_key(key)?;
         Ok(self
             .delete_raw(table.as_bytes(), key)?
-            .is_some_and(|c| !c.expires_ms.is_some_and(|e| e <= self.pages.now_ms)))
+            .is_some_and(|c| c.expires_ms.is_none_or(|e| e > self.pages.now_ms)))
     }
 
     fn delete_raw(&mut self, table: &[u8], key: &[u8]) -> Result<Option<LeafCell>> {
@@ -726,9 +726,14 @@ impl<'db> WriteTxn<'db> {
         let page_count = self.pages.page_count;
         let now_ms = self.pages.now_ms;
         let images = self.pages.finish();
-        self.db.commit_pages(
-            &base, self.lsn, now_ms, page_count, images, durability, None,
-        )?;
+        let pending = PendingCommit {
+            lsn: self.lsn,
+            time_ms: now_ms,
+            page_count,
+            images,
+            expected_checksum: None,
+        };
+        self.db.commit_pages(&base, pending, durability)?;
         Ok(self.lsn)
     }
 }

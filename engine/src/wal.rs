@@ -47,6 +47,9 @@ pub(crate) struct CommitMeta {
     pub frame_count: u32,
 }
 
+/// A commit's record and its page images, as read back from the WAL.
+pub(crate) type CommitPages = (CommitMeta, Vec<(PageNo, Bytes)>);
+
 /// Page number → frames holding its images (LSN, frame number), oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct WalIndex {
@@ -472,11 +475,7 @@ impl Wal {
     }
 
     /// The commits after `after` still in the WAL, with their page images.
-    pub fn commits_since(
-        &self,
-        after: Lsn,
-        max: usize,
-    ) -> Result<Vec<(CommitMeta, Vec<(PageNo, Bytes)>)>> {
+    pub fn commits_since(&self, after: Lsn, max: usize) -> Result<Vec<CommitPages>> {
         let state = self.state.lock();
         let wanted: Vec<CommitMeta> = state
             .commits

@@ -7,6 +7,7 @@
 //!   checkpoint (whose WAL sync may have made later commits durable before it died);
 //! - the recovered contents equal the model at the recovered LSN, and `check_integrity` passes;
 //! - the database accepts and keeps a new commit.
+//!
 //! 1,000 cycles by default (`HADAL_CRASH_CYCLES` overrides, `HADAL_CRASH_FIRST_SEED` shifts).
 //! A failure prints its seed.
 

@@ -63,7 +63,7 @@ enum Step {
 fn key_bytes(k: u16) -> Vec<u8> {
     // Varying lengths, shared prefixes and a few long keys exercise separators and splits.
     let mut v = format!("k{:03}", k % 400).into_bytes();
-    if k % 7 == 0 {
+    if k.is_multiple_of(7) {
         v.extend(std::iter::repeat_n(b'x', (k as usize * 13) % 700));
     }
     v

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs everything CI runs, on a fresh machine or a warm one: formatting, lints, and every test
+# (unit, model, crash, corruption, CLI, and the object-store conformance suite against real
+# servers it installs itself). Caches live under ~/.cache/hadal.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HADAL_CACHE="${HADAL_CACHE:-$HOME/.cache/hadal}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HADAL_CACHE/target}"
+mkdir -p "$HADAL_CACHE"
+
+step() { printf '\n== %s ==\n' "$*"; }
+started=$(date +%s)
+
+step "format"
+cargo fmt --all --check
+
+step "lint"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+if [ -x scripts/object-stores.sh ] || [ -f scripts/object-stores.sh ]; then
+  step "object-store servers (install if missing)"
+  bash scripts/object-stores.sh
+fi
+
+step "tests"
+cargo test --workspace --all-features
+
+printf '\n== all green in %ss ==\n' "$(( $(date +%s) - started ))"

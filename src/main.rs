@@ -1,0 +1,66 @@
+//! The `hadal` command: a local key-value shell (`hadal kv`), an integrity checker
+//! (`hadal check`) and, as the project grows, the server, replicas and bucket tools.
+
+#![forbid(unsafe_code)]
+
+mod kv_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hadal",
+    version,
+    about = "A bottomless key-value database",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read and write keys in a local data folder.
+    Kv {
+        /// The data folder (created if missing).
+        #[arg(long, env = "HADAL_DATA", default_value = "./hadal-data")]
+        data: PathBuf,
+        /// The table to use.
+        #[arg(long, default_value = hadal_engine::DEFAULT_TABLE)]
+        table: String,
+        #[command(subcommand)]
+        verb: kv_cmd::Verb,
+    },
+    /// Check a data folder's integrity: page checksums, tree order, free-list accounting and
+    /// the state checksum. Exits non-zero if anything is wrong.
+    Check {
+        #[arg(long, env = "HADAL_DATA", default_value = "./hadal-data")]
+        data: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HADAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kv { data, table, verb } => kv_cmd::run(&data, &table, verb),
+        Command::Check { data } => kv_cmd::check(&data),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hadal: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
