@@ -63,8 +63,10 @@ pub struct Options {
     pub checkpoint_wal_bytes: u64,
     /// Run the background thread (checkpoints and the TTL sweeper).
     pub background: bool,
-    /// How often the background thread deletes expired keys.
-    pub sweep_interval: Duration,
+    /// How often the background thread deletes expired keys; `None` turns the sweeper off.
+    /// A follower (a database fed by `apply_commit`) must not sweep: its primary's sweeps
+    /// arrive as ordinary commits, and a local one would fork its image.
+    pub sweep_interval: Option<Duration>,
     /// Keep every commit after `lsn_shipped` in the WAL (set when a shipper is attached).
     pub retain_unshipped: bool,
     pub clock: Arc<dyn Clock>,
@@ -77,7 +79,7 @@ impl Default for Options {
             cache_bytes: 256 * 1024 * 1024,
             checkpoint_wal_bytes: 64 * 1024 * 1024,
             background: true,
-            sweep_interval: Duration::from_secs(1),
+            sweep_interval: Some(Duration::from_secs(1)),
             retain_unshipped: false,
             clock: Arc::new(SystemClock),
         }
@@ -589,6 +591,11 @@ impl Inner {
     fn sweep_expired(&self, max: usize) -> Result<usize> {
         self.check_open()?;
         let guard = self.writer.lock();
+        if self.current.load().page_count == 0 {
+            // An empty database has nothing to expire, and its first commit must come from
+            // its user (or its primary), not from the sweeper.
+            return Ok(0);
+        }
         let mut txn = WriteTxn::new(
             self,
             guard,
@@ -679,7 +686,11 @@ fn background_loop(inner: Weak<Inner>, wakeups: Receiver<()>) {
         {
             tracing::warn!(error = %e, "background checkpoint failed");
         }
-        if last_sweep.elapsed() >= inner.options.sweep_interval {
+        if inner
+            .options
+            .sweep_interval
+            .is_some_and(|every| last_sweep.elapsed() >= every)
+        {
             last_sweep = Instant::now();
             if let Err(e) = inner.sweep_expired(SWEEP_BATCH_KEYS) {
                 tracing::warn!(error = %e, "expired-key sweep failed");

@@ -220,3 +220,43 @@ fn follower_reproduces_the_image() {
         );
     }
 }
+
+#[test]
+fn values_up_to_64_mib_round_trip_and_larger_ones_are_refused() {
+    // Proves the value limit is reachable through overflow chains and enforced with Invalid.
+    let (main, wal, clock) = (
+        MemStorage::new("main"),
+        MemStorage::new("wal"),
+        ManualClock::new(1000),
+    );
+    let db = open_mem(&main, &wal, &clock);
+    let max = hadal_format::limits::VALUE_BYTES_MAX;
+    let big: Vec<u8> = (0..max).map(|i| (i % 253) as u8).collect();
+    let mut tx = db.begin_write().expect("write");
+    tx.put(DEFAULT_TABLE, b"max", &big).expect("put 64 MiB");
+    let err = tx
+        .put(DEFAULT_TABLE, b"too-big", &vec![0u8; max + 1])
+        .expect_err("over the limit");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err.to_string().contains("limit"), "{err}");
+    tx.commit().expect("commit");
+    let got = db
+        .begin_read()
+        .get(DEFAULT_TABLE, b"max")
+        .expect("get")
+        .expect("present");
+    assert!(got.as_ref() == big.as_slice());
+}
+
+#[test]
+fn an_empty_database_stays_empty_under_the_background_thread() {
+    // Proves the sweeper never creates the first commit (a follower must receive LSN 1).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        sweep_interval: Some(std::time::Duration::from_millis(1)),
+        ..Options::default()
+    };
+    let db = Database::open(dir.path(), options).expect("open");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(db.lsn(), hadal_engine::Lsn::ZERO);
+}

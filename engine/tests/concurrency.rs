@@ -7,7 +7,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use hadal_engine::{
-    Batch, Database, Durability, ErrorKind, FaultPlan, ManualClock, MemStorage, Options, PageNo, DEFAULT_TABLE,
+    Batch, DEFAULT_TABLE, Database, Durability, ErrorKind, FaultPlan, ManualClock, MemStorage,
+    Options, PageNo,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,8 +20,12 @@ fn mem_db(clock: &ManualClock, retain_unshipped: bool) -> Database {
         clock: Arc::new(clock.clone()),
         ..Options::default()
     };
-    Database::open_storage(Arc::new(MemStorage::new("main")), Arc::new(MemStorage::new("wal")), options)
-        .expect("open")
+    Database::open_storage(
+        Arc::new(MemStorage::new("main")),
+        Arc::new(MemStorage::new("wal")),
+        options,
+    )
+    .expect("open")
 }
 
 #[test]
@@ -35,7 +40,9 @@ fn group_commit_from_many_threads_loses_nothing() {
             std::thread::spawn(move || {
                 let mut lsns = Vec::new();
                 for i in 0..100 {
-                    let lsn = db.apply(Batch::new().put(format!("t{t}-{i:03}"), format!("{i}"))).expect("apply");
+                    let lsn = db
+                        .apply(Batch::new().put(format!("t{t}-{i:03}"), format!("{i}")))
+                        .expect("apply");
                     lsns.push(lsn);
                 }
                 lsns
@@ -47,7 +54,10 @@ fn group_commit_from_many_threads_loses_nothing() {
         all.extend(t.join().expect("thread"));
     }
     let r = db.begin_read();
-    let count = r.range(DEFAULT_TABLE, Bound::Unbounded, Bound::Unbounded, false).expect("range").count();
+    let count = r
+        .range(DEFAULT_TABLE, Bound::Unbounded, Bound::Unbounded, false)
+        .expect("range")
+        .count();
     assert_eq!(count, 800);
     all.sort();
     all.dedup();
@@ -64,18 +74,23 @@ fn snapshots_do_not_move_under_writers_and_checkpoints() {
     let db = mem_db(&clock, false);
     let mut tx = db.begin_write().expect("write");
     for i in 0..3000u32 {
-        tx.put(DEFAULT_TABLE, format!("k{i:05}").as_bytes(), b"old").expect("put");
+        tx.put(DEFAULT_TABLE, format!("k{i:05}").as_bytes(), b"old")
+            .expect("put");
     }
     tx.commit().expect("commit");
     let snapshot = db.begin_read();
     for round in 0..5 {
         let mut tx = db.begin_write().expect("write");
         for i in (round..3000u32).step_by(3) {
-            tx.put(DEFAULT_TABLE, format!("k{i:05}").as_bytes(), b"new").expect("put");
+            tx.put(DEFAULT_TABLE, format!("k{i:05}").as_bytes(), b"new")
+                .expect("put");
         }
         tx.commit().expect("commit");
         let reached = db.checkpoint().expect("checkpoint");
-        assert!(reached.is_none_or(|l| l <= snapshot.lsn()), "checkpoint passed a live reader");
+        assert!(
+            reached.is_none_or(|l| l <= snapshot.lsn()),
+            "checkpoint passed a live reader"
+        );
     }
     let olds = snapshot
         .range(DEFAULT_TABLE, Bound::Unbounded, Bound::Unbounded, false)
@@ -95,21 +110,46 @@ fn failed_wal_write_poisons_until_reopen() {
     let clock = ManualClock::new(0);
     let plan = FaultPlan::never();
     let (main, wal) = (MemStorage::new("main"), MemStorage::new("wal"));
-    let options = || Options { background: false, clock: Arc::new(clock.clone()), ..Options::default() };
-    let db = Database::open_storage(Arc::new(main.reopen(plan.clone())), Arc::new(wal.reopen(plan.clone())), options())
-        .expect("open");
+    let options = || Options {
+        background: false,
+        clock: Arc::new(clock.clone()),
+        ..Options::default()
+    };
+    let db = Database::open_storage(
+        Arc::new(main.reopen(plan.clone())),
+        Arc::new(wal.reopen(plan.clone())),
+        options(),
+    )
+    .expect("open");
     db.apply(Batch::new().put("a", "1")).expect("apply");
     // Kill the storage at its next operation: the next commit fails.
     plan.lock().fail_in(0);
-    let err = db.apply(Batch::new().put("b", "2")).expect_err("the WAL is dead");
+    let err = db
+        .apply(Batch::new().put("b", "2"))
+        .expect_err("the WAL is dead");
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     let err = db.apply(Batch::new().put("c", "3")).expect_err("poisoned");
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
     drop(db);
-    let db = Database::open_storage(Arc::new(main.reopen(FaultPlan::never())), Arc::new(wal.reopen(FaultPlan::never())), options())
-        .expect("reopen after failure");
-    assert_eq!(db.begin_read().get(DEFAULT_TABLE, b"a").expect("get").as_deref(), Some(&b"1"[..]));
-    assert!(db.begin_read().get(DEFAULT_TABLE, b"b").expect("get").is_none());
+    let db = Database::open_storage(
+        Arc::new(main.reopen(FaultPlan::never())),
+        Arc::new(wal.reopen(FaultPlan::never())),
+        options(),
+    )
+    .expect("reopen after failure");
+    assert_eq!(
+        db.begin_read()
+            .get(DEFAULT_TABLE, b"a")
+            .expect("get")
+            .as_deref(),
+        Some(&b"1"[..])
+    );
+    assert!(
+        db.begin_read()
+            .get(DEFAULT_TABLE, b"b")
+            .expect("get")
+            .is_none()
+    );
 }
 
 #[test]
@@ -131,9 +171,16 @@ fn follower_image_is_byte_identical_after_random_workloads() {
                     tx.delete(DEFAULT_TABLE, &key).expect("delete");
                     model.remove(&key);
                 } else {
-                    let len = if rng.random_bool(0.03) { rng.random_range(5000..40_000) } else { rng.random_range(0..400) };
-                    let ttl = rng.random_bool(0.1).then(|| clock_now(&clock) + rng.random_range(1..50));
-                    tx.put_with_expiry(DEFAULT_TABLE, &key, &vec![rng.random(); len], ttl).expect("put");
+                    let len = if rng.random_bool(0.03) {
+                        rng.random_range(5000..40_000)
+                    } else {
+                        rng.random_range(0..400)
+                    };
+                    let ttl = rng
+                        .random_bool(0.1)
+                        .then(|| clock_now(&clock) + rng.random_range(1..50));
+                    tx.put_with_expiry(DEFAULT_TABLE, &key, &vec![rng.random(); len], ttl)
+                        .expect("put");
                     model.insert(key, ());
                 }
             }
@@ -143,16 +190,26 @@ fn follower_image_is_byte_identical_after_random_workloads() {
                 primary.sweep_expired(usize::MAX).expect("sweep");
             }
             if rng.random_bool(0.3) {
-                for c in primary.commits_since(follower.lsn(), usize::MAX).expect("commits") {
-                    follower.apply_commit(&c, Durability::NoSync).expect("apply");
+                for c in primary
+                    .commits_since(follower.lsn(), usize::MAX)
+                    .expect("commits")
+                {
+                    follower
+                        .apply_commit(&c, Durability::NoSync)
+                        .expect("apply");
                 }
                 primary.set_lsn_shipped(follower.lsn());
                 primary.checkpoint().expect("checkpoint");
                 assert_same_image(&primary, &follower, seed);
             }
         }
-        for c in primary.commits_since(follower.lsn(), usize::MAX).expect("commits") {
-            follower.apply_commit(&c, Durability::NoSync).expect("apply");
+        for c in primary
+            .commits_since(follower.lsn(), usize::MAX)
+            .expect("commits")
+        {
+            follower
+                .apply_commit(&c, Durability::NoSync)
+                .expect("apply");
         }
         assert_same_image(&primary, &follower, seed);
         assert!(follower.check_integrity().expect("check").is_ok());
@@ -166,10 +223,18 @@ fn clock_now(clock: &ManualClock) -> u64 {
 
 fn assert_same_image(a: &Database, b: &Database, seed: u64) {
     let (ra, rb) = (a.begin_read(), b.begin_read());
-    assert_eq!((ra.lsn(), ra.page_count(), ra.checksum()), (rb.lsn(), rb.page_count(), rb.checksum()), "seed {seed}");
+    assert_eq!(
+        (ra.lsn(), ra.page_count(), ra.checksum()),
+        (rb.lsn(), rb.page_count(), rb.checksum()),
+        "seed {seed}"
+    );
     for p in 0..ra.page_count() {
         let p = PageNo::new(p);
-        assert_eq!(ra.page_image(p).expect("page"), rb.page_image(p).expect("page"), "seed {seed}: page {p}");
+        assert_eq!(
+            ra.page_image(p).expect("page"),
+            rb.page_image(p).expect("page"),
+            "seed {seed}: page {p}"
+        );
     }
 }
 
@@ -181,13 +246,21 @@ fn follower_refuses_a_commit_that_does_not_continue_its_image() {
     let follower = mem_db(&clock, false);
     primary.apply(Batch::new().put("a", "1")).expect("apply");
     primary.apply(Batch::new().put("b", "2")).expect("apply");
-    let commits = primary.commits_since(hadal_engine::Lsn::ZERO, 10).expect("commits");
-    let err = follower.apply_commit(&commits[1], Durability::NoSync).expect_err("gap");
+    let commits = primary
+        .commits_since(hadal_engine::Lsn::ZERO, 10)
+        .expect("commits");
+    let err = follower
+        .apply_commit(&commits[1], Durability::NoSync)
+        .expect_err("gap");
     assert_eq!(err.kind(), ErrorKind::Invalid);
     let mut forged = commits[0].clone();
     forged.checksum_after = hadal_engine::StateChecksum::from_raw(42);
-    let err = follower.apply_commit(&forged, Durability::NoSync).expect_err("forged checksum");
+    let err = follower
+        .apply_commit(&forged, Durability::NoSync)
+        .expect_err("forged checksum");
     assert_eq!(err.kind(), ErrorKind::Corrupt);
-    follower.apply_commit(&commits[0], Durability::NoSync).expect("the real one applies");
+    follower
+        .apply_commit(&commits[0], Durability::NoSync)
+        .expect("the real one applies");
     assert_eq!(follower.lsn(), commits[0].lsn);
 }
