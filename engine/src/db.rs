@@ -279,7 +279,7 @@ impl Database {
         self.inner.check_open()?;
         WriteTxn::new(
             &self.inner,
-            guard,
+            Some(guard),
             self.inner.current.load_full(),
             self.inner.options.clock.now_ms(),
         )
@@ -598,7 +598,7 @@ impl Inner {
         }
         let mut txn = WriteTxn::new(
             self,
-            guard,
+            Some(guard),
             self.current.load_full(),
             self.options.clock.now_ms(),
         )?;
@@ -607,7 +607,9 @@ impl Inner {
         Ok(n)
     }
 
-    fn run_group(&self, guard: parking_lot::MutexGuard<'_, ()>, group: &[Arc<Request>]) {
+    /// Runs a group as its leader. `_guard` (the writer slot) is held until every request of
+    /// the group has its result, so no member can take the slot and find its result missing.
+    fn run_group(&self, _guard: parking_lot::MutexGuard<'_, ()>, group: &[Arc<Request>]) {
         let fail_all = |e: &Error| {
             for r in group {
                 r.result.lock().get_or_insert_with(|| Err(replicate(e)));
@@ -616,7 +618,7 @@ impl Inner {
         let mut txn = match self.check_open().and_then(|()| {
             WriteTxn::new(
                 self,
-                guard,
+                None,
                 self.current.load_full(),
                 self.options.clock.now_ms(),
             )

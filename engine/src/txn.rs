@@ -389,7 +389,9 @@ struct TableState {
 #[derive(Debug)]
 pub struct WriteTxn<'db> {
     db: &'db Inner,
-    _writer: MutexGuard<'db, ()>,
+    /// The writer slot; `None` when the caller holds it (the group-commit leader keeps it
+    /// until every member of its group has its result).
+    _writer: Option<MutexGuard<'db, ()>>,
     pages: Pages<'db>,
     tables: BTreeMap<Vec<u8>, TableState>,
     lsn: Lsn,
@@ -399,7 +401,7 @@ pub struct WriteTxn<'db> {
 impl<'db> WriteTxn<'db> {
     pub(crate) fn new(
         db: &'db Inner,
-        writer: MutexGuard<'db, ()>,
+        writer: Option<MutexGuard<'db, ()>>,
         base: Arc<Version>,
         now_ms: u64,
     ) -> Result<Self> {
