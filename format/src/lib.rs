@@ -1,5 +1,6 @@
-//! Hadal's formats, with no I/O: typed IDs, named limits, and the codecs for pages, WAL frames,
-//! superblocks and the rolling state checksum.
+//! Hadal's formats, with no I/O: typed IDs, named limits, bucket key names, and the codecs for
+//! pages, WAL frames, superblocks, segments, snapshot parts, manifests and the rolling state
+//! checksum.
 //!
 //! Everything here is a pure function of bytes. Decoders never panic on bad input: they return
 //! a [`FormatError`] that the caller wraps with the name of the object it read. Every format is
@@ -9,14 +10,20 @@
 
 mod checksum;
 mod error;
+mod hash;
 mod ids;
+pub mod keys;
 pub mod limits;
+pub mod manifest;
 pub mod page;
+pub mod segment;
+pub mod snapshot;
 pub mod superblock;
 pub mod wal;
 
 pub use checksum::StateChecksum;
 pub use error::FormatError;
+pub use hash::ObjectHash;
 pub use ids::{Epoch, Lsn, ManifestId, PageNo, Slot};
 
 /// Reads a little-endian `u16` at `at`. Callers check bounds first; a short slice is a bug in the

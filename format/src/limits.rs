@@ -64,3 +64,22 @@ const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
 pub fn page_size_is_valid(page_size: u32) -> bool {
     page_size.is_power_of_two() && (PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&page_size)
 }
+
+/// The shipper seals a segment once its page bytes reach this size (a single larger commit
+/// still goes into one segment: commits are never split).
+pub const SEGMENT_BYTES_TARGET: usize = 8 * 1024 * 1024;
+/// The shipper seals a segment once it holds this many commits.
+pub const SEGMENT_COMMITS_MAX: usize = 4096;
+/// Decoders refuse a segment whose uncompressed body claims more than this: a bound on what a
+/// corrupt or hostile object can make us allocate. Also the largest commit that can ship.
+pub const SEGMENT_BODY_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// A snapshot part carries at most this many pages' bytes, so parts upload and download in
+/// parallel and a retry costs little.
+pub const SNAPSHOT_PART_BYTES_TARGET: usize = 32 * 1024 * 1024;
+/// Decoders refuse a snapshot part claiming more pages than this.
+pub const SNAPSHOT_PART_PAGES_MAX: u32 = 1 << 20;
+/// Decoders refuse manifests larger than this (pins and snapshot lists are small).
+pub const MANIFEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+const _: () = assert!(SEGMENT_BYTES_TARGET <= SEGMENT_BODY_BYTES_MAX);
+const _: () = assert!(SEGMENT_COMMITS_MAX <= u32::MAX as usize);
