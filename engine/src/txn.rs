@@ -534,16 +534,17 @@ impl<'db> WriteTxn<'db> {
         let state = self
             .table(table, true)?
             .ok_or_else(|| Error::Invalid("table vanished".into()))?;
+        let key = Bytes::copy_from_slice(key);
         let inline_size = LeafCell {
-            key: key.to_vec(),
-            value: CellValue::Inline(Vec::new()),
+            key: key.clone(),
+            value: CellValue::Inline(Bytes::new()),
             expires_ms,
             lsn: 0,
         }
         .size()
             + value.len();
         let cell_value = if inline_size <= inline_cell_bytes_max(self.pages.page_size()) {
-            CellValue::Inline(value.to_vec())
+            CellValue::Inline(Bytes::copy_from_slice(value))
         } else {
             CellValue::Overflow {
                 first: self.pages.write_overflow(value)?,
@@ -551,7 +552,7 @@ impl<'db> WriteTxn<'db> {
             }
         };
         let cell = LeafCell {
-            key: key.to_vec(),
+            key: key.clone(),
             value: cell_value,
             expires_ms,
             lsn: self.lsn.get(),
@@ -563,7 +564,7 @@ impl<'db> WriteTxn<'db> {
             self.release_cell(state.id, &old)?;
         }
         if let Some(expires) = expires_ms {
-            let index_key = expiry_key(expires, state.id, key);
+            let index_key = expiry_key(expires, state.id, &key);
             self.put_raw(EXPIRY_TABLE, &index_key, &[], None)?;
         }
         Ok(())
@@ -711,8 +712,8 @@ impl<'db> WriteTxn<'db> {
             .collect();
         for (name, t) in changed {
             let cell = LeafCell {
-                key: name,
-                value: CellValue::Inline(catalog_value(t.root, t.id)),
+                key: Bytes::from(name),
+                value: CellValue::Inline(Bytes::from(catalog_value(t.root, t.id))),
                 expires_ms: None,
                 lsn: self.lsn.get(),
             };

@@ -28,6 +28,7 @@
 //! keeps replica images byte-identical. Every offset read from a page is bounds-checked, so a
 //! corrupt page yields an error, never a panic.
 
+use bytes::Bytes;
 use hadal_format::limits::{PAGE_HEADER_BYTES, SLOT_BYTES};
 use hadal_format::{PageNo, read_u16, read_u32, read_u64};
 
@@ -242,17 +243,17 @@ impl<'a> BranchView<'a> {
     }
 }
 
-/// An owned leaf value.
+/// An owned leaf value. Decoded cells share the page's buffer (no copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CellValue {
-    Inline(Vec<u8>),
+    Inline(Bytes),
     Overflow { first: PageNo, len: u32 },
 }
 
 /// An owned leaf cell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LeafCell {
-    pub key: Vec<u8>,
+    pub key: Bytes,
     pub value: CellValue,
     pub expires_ms: Option<u64>,
     pub lsn: u64,
@@ -271,11 +272,12 @@ impl LeafCell {
             }
     }
 
-    fn from_ref(c: CellRef<'_>) -> Self {
+    /// An owned cell sharing `page`'s buffer (`c` must borrow from `page`).
+    fn from_ref(page: &Bytes, c: CellRef<'_>) -> Self {
         Self {
-            key: c.key.to_vec(),
+            key: page.slice_ref(c.key),
             value: match c.value {
-                ValueRef::Inline(v) => CellValue::Inline(v.to_vec()),
+                ValueRef::Inline(v) => CellValue::Inline(page.slice_ref(v)),
                 ValueRef::Overflow { first, len } => CellValue::Overflow { first, len },
             },
             expires_ms: c.expires_ms,
@@ -322,10 +324,10 @@ pub(crate) struct LeafNode {
 }
 
 impl LeafNode {
-    pub fn decode(page_no: PageNo, page: &[u8]) -> Result<Self> {
+    pub fn decode(page_no: PageNo, page: &Bytes) -> Result<Self> {
         let view = LeafView::new(page_no, page)?;
         let cells = (0..view.len())
-            .map(|i| view.cell(i).map(LeafCell::from_ref))
+            .map(|i| view.cell(i).map(|c| LeafCell::from_ref(page, c)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { cells })
     }
@@ -335,7 +337,7 @@ impl LeafNode {
     }
 
     pub fn search(&self, key: &[u8]) -> std::result::Result<usize, usize> {
-        self.cells.binary_search_by(|c| c.key.as_slice().cmp(key))
+        self.cells.binary_search_by(|c| c.key.as_ref().cmp(key))
     }
 
     /// Encodes into a page-sized buffer; the caller seals it. The node must fit.
@@ -357,7 +359,7 @@ impl LeafNode {
 /// A decoded branch being changed by a write transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct BranchNode {
-    pub keys: Vec<Vec<u8>>,
+    pub keys: Vec<Bytes>,
     /// `keys.len() + 1` children.
     pub children: Vec<PageNo>,
 }
@@ -368,10 +370,10 @@ pub(crate) fn branch_cell_size(key: &[u8]) -> usize {
 }
 
 impl BranchNode {
-    pub fn decode(page_no: PageNo, page: &[u8]) -> Result<Self> {
+    pub fn decode(page_no: PageNo, page: &Bytes) -> Result<Self> {
         let view = BranchView::new(page_no, page)?;
         let keys = (0..view.len())
-            .map(|i| view.key(i).map(<[u8]>::to_vec))
+            .map(|i| view.key(i).map(|k| page.slice_ref(k)))
             .collect::<Result<Vec<_>>>()?;
         let children = (0..=view.len())
             .map(|i| view.child(i))
@@ -384,7 +386,7 @@ impl BranchNode {
     }
 
     pub fn child_index(&self, key: &[u8]) -> usize {
-        self.keys.partition_point(|k| k.as_slice() <= key)
+        self.keys.partition_point(|k| k.as_ref() <= key)
     }
 
     pub fn encode(&self, page_size: usize) -> Vec<u8> {
@@ -433,8 +435,8 @@ mod tests {
 
     fn cell(key: &[u8], value: &[u8], expires: Option<u64>) -> LeafCell {
         LeafCell {
-            key: key.to_vec(),
-            value: CellValue::Inline(value.to_vec()),
+            key: Bytes::copy_from_slice(key),
+            value: CellValue::Inline(Bytes::copy_from_slice(value)),
             expires_ms: expires,
             lsn: 7,
         }
@@ -448,7 +450,7 @@ mod tests {
                 cell(b"a", b"1", None),
                 cell(b"c", b"333", Some(99)),
                 LeafCell {
-                    key: b"e".to_vec(),
+                    key: Bytes::from_static(b"e"),
                     value: CellValue::Overflow {
                         first: PageNo::new(5),
                         len: 100_000,
@@ -460,6 +462,7 @@ mod tests {
         };
         let mut page = node.encode(4096);
         seal(PageNo::new(1), PageType::Leaf, &mut page);
+        let page = Bytes::from(page);
         assert_eq!(
             LeafNode::decode(PageNo::new(1), &page).expect("decode"),
             node
@@ -479,10 +482,10 @@ mod tests {
     fn branch_routes_keys_to_children() {
         // Proves child_index sends k to the child whose range [key[i-1], key[i]) holds it.
         let node = BranchNode {
-            keys: vec![b"m".to_vec(), b"t".to_vec()],
+            keys: vec![Bytes::from_static(b"m"), Bytes::from_static(b"t")],
             children: vec![PageNo::new(1), PageNo::new(2), PageNo::new(3)],
         };
-        let page = node.encode(4096);
+        let page = Bytes::from(node.encode(4096));
         let view = BranchView::new(PageNo::new(4), &page).expect("view");
         for (k, want) in [(&b"a"[..], 0), (b"m", 1), (b"s", 1), (b"t", 2), (b"zz", 2)] {
             assert_eq!(view.child_index(k).expect("route"), want);

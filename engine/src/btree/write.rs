@@ -15,6 +15,8 @@ use super::{BranchView, PageSource, TREE_DEPTH_MAX, page_type};
 use crate::error::{Error, Result};
 use crate::txn::{Node, Pages};
 
+use bytes::Bytes;
+
 type Path = Vec<(PageNo, usize)>;
 
 /// Inserts or replaces `cell`. Returns the new root and the replaced cell, if any.
@@ -136,7 +138,7 @@ fn split_upward(
 }
 
 /// Splits an overfull node in two; returns the separator and the new right sibling.
-fn split(pg: &mut Pages<'_>, page_no: PageNo) -> Result<(Vec<u8>, PageNo)> {
+fn split(pg: &mut Pages<'_>, page_no: PageNo) -> Result<(Bytes, PageNo)> {
     let right_no = pg.alloc()?;
     let capacity = pg.page_size() - PAGE_HEADER_BYTES;
     match pg.take_node(page_no)? {
@@ -172,7 +174,7 @@ fn unsplittable(page_no: PageNo) -> Error {
 fn split_branch(
     branch: &mut BranchNode,
     capacity: usize,
-) -> Option<(BranchNode, Vec<u8>, BranchNode)> {
+) -> Option<(BranchNode, Bytes, BranchNode)> {
     let sizes: Vec<usize> = branch.keys.iter().map(|k| branch_cell_size(k)).collect();
     let total: usize = sizes.iter().sum();
     let mut best: Option<(usize, usize)> = None;
