@@ -32,6 +32,9 @@ pub(crate) const WAL_GROW_BYTES: u64 = 16 * 1024 * 1024;
 /// At a restart, a WAL file larger than this is shrunk back to it: a long reader or a slow
 /// shipper may have grown it, and that space should not stay allocated forever.
 pub(crate) const WAL_KEEP_BYTES: u64 = 256 * 1024 * 1024;
+/// The append buffer is kept for the next commit only up to this size; a rare huge commit
+/// should not pin its memory forever.
+const APPEND_BUFFER_KEEP_BYTES: usize = 32 * 1024 * 1024;
 /// Recovery reads the WAL in chunks of at most this many bytes.
 const RECOVERY_READ_BYTES: usize = 4 * 1024 * 1024;
 
@@ -113,6 +116,9 @@ pub(crate) struct WalState {
     pub commits: Vec<CommitMeta>,
     pub last_lsn: Lsn,
     pub last_checksum: StateChecksum,
+    /// The append buffer, reused across commits: a fresh multi-megabyte buffer per commit
+    /// makes the allocator map and zero memory every time.
+    buf: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -177,6 +183,7 @@ impl Wal {
                 commits: Vec::new(),
                 last_lsn: sb.checkpoint_lsn,
                 last_checksum: sb.checksum,
+                buf: Vec::new(),
             }),
             file,
         };
@@ -188,8 +195,20 @@ impl Wal {
             .read_at(0, &mut raw)
             .map_err(|e| wal.io("read header", e))?;
         let Ok(header) = WalHeader::decode(&raw) else {
-            // A torn or never-synced header: nothing in this generation was ever durable
-            // (commits sync the header together with their frames).
+            // A torn restart: the header is synced before any frame of its generation, so the
+            // frames behind it are an older generation's, all already checkpointed. A valid
+            // frame newer than the checkpoint behind it means the header itself was damaged.
+            if let Some(lsn) = wal.first_frame_lsn(len)?
+                && lsn > sb.checkpoint_lsn
+            {
+                return Err(Error::corrupt(
+                    format!("wal {}", wal.file.name()),
+                    format!(
+                        "its header is damaged but it holds commit {lsn:?}, newer than the checkpoint {:?}",
+                        sb.checkpoint_lsn
+                    ),
+                ));
+            }
             return Ok((wal, checkpoint_tip));
         };
         if header.page_size != sb.page_size {
@@ -215,6 +234,23 @@ impl Wal {
         }
         state.commits = commits;
         wal.reconcile(sb, checkpoint_tip)
+    }
+
+    /// The LSN of the first frame if it holds a verifiable page image (header unchecked).
+    fn first_frame_lsn(&self, len: u64) -> Result<Option<Lsn>> {
+        let frame_bytes = self.frame_bytes() as usize;
+        if len < WAL_HEADER_BYTES as u64 + frame_bytes as u64 {
+            return Ok(None);
+        }
+        let mut raw = vec![0u8; frame_bytes];
+        self.file
+            .read_at(WAL_HEADER_BYTES as u64, &mut raw)
+            .map_err(|e| self.io("read frame", e))?;
+        let (head, page) = raw.split_at(WAL_FRAME_HEADER_BYTES);
+        Ok(match FrameHeader::decode(head) {
+            Ok(fh) if page::verify(fh.page_no, page).is_ok() => Some(fh.lsn),
+            _ => None,
+        })
     }
 
     /// Reads frames after `header` and returns the complete commits, indexing their pages, and
@@ -371,8 +407,10 @@ impl Wal {
             state.last_lsn.next(),
             "commits are appended in LSN order"
         );
-        let mut header_bytes = None;
         if state.restart_pending {
+            // The new header is made durable before any frame of its generation is written:
+            // so an invalid header with a valid newer frame behind it can only be damage, and
+            // recovery reports it instead of mistaking it for a torn restart.
             let header = WalHeader {
                 page_size: self.page_size as u32,
                 salt: rand::random(),
@@ -386,18 +424,19 @@ impl Wal {
                     .map_err(|e| self.io("shrink", e))?;
                 state.allocated_bytes = WAL_KEEP_BYTES;
             }
+            self.file
+                .write_at(0, &header.encode())
+                .map_err(|e| self.io("restart", e))?;
+            self.file.sync().map_err(|e| self.io("restart", e))?;
+            state.allocated_bytes = state.allocated_bytes.max(WAL_HEADER_BYTES as u64);
             state.chain = header.chain_seed();
             state.next_frame = 0;
             state.header = header;
             state.commits.clear();
-            header_bytes = Some(header.encode());
+            state.restart_pending = false;
         }
-        let frame_bytes = self.frame_bytes() as usize;
-        let prefix = header_bytes.as_ref().map_or(0, |h| h.len());
-        let mut buf = Vec::with_capacity(prefix + pages.len() * frame_bytes);
-        if let Some(h) = &header_bytes {
-            buf.extend_from_slice(h);
-        }
+        let mut buf = std::mem::take(&mut state.buf);
+        buf.clear();
         let mut chain = state.chain;
         for (i, (page_no, image)) in pages.iter().enumerate() {
             let fh = FrameHeader {
@@ -413,11 +452,7 @@ impl Wal {
             buf.extend_from_slice(image);
         }
         let first_frame = state.next_frame;
-        let offset = if header_bytes.is_some() {
-            0
-        } else {
-            self.frame_offset(first_frame)
-        };
+        let offset = self.frame_offset(first_frame);
         let end = offset + buf.len() as u64;
         if end > state.allocated_bytes {
             let grown = end.div_ceil(WAL_GROW_BYTES) * WAL_GROW_BYTES;
@@ -426,9 +461,11 @@ impl Wal {
                 .map_err(|e| self.io("preallocate", e))?;
             state.allocated_bytes = grown;
         }
-        self.file
-            .write_at(offset, &buf)
-            .map_err(|e| self.io("append", e))?;
+        let written = self.file.write_at(offset, &buf);
+        if buf.capacity() <= APPEND_BUFFER_KEEP_BYTES {
+            state.buf = buf;
+        }
+        written.map_err(|e| self.io("append", e))?;
         if sync {
             self.file.sync().map_err(|e| self.io("sync", e))?;
         }
