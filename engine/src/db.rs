@@ -53,7 +53,7 @@ pub enum Durability {
 }
 
 /// Settings for opening a database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Page size for a new database (existing ones keep theirs).
     pub page_size: u32,
@@ -70,7 +70,13 @@ pub struct Options {
     /// Keep every commit after `lsn_shipped` in the WAL (set when a shipper is attached).
     pub retain_unshipped: bool,
     pub clock: Arc<dyn Clock>,
+    /// Called after every commit is published, with its LSN (the shipper's wake-up). It runs
+    /// on the committing thread with the writer slot held: it must only signal, never block.
+    pub on_commit: Option<CommitHook>,
 }
+
+/// See [`Options::on_commit`].
+pub type CommitHook = Arc<dyn Fn(Lsn) + Send + Sync>;
 
 impl Default for Options {
     fn default() -> Self {
@@ -82,7 +88,23 @@ impl Default for Options {
             sweep_interval: Some(Duration::from_secs(1)),
             retain_unshipped: false,
             clock: Arc::new(SystemClock),
+            on_commit: None,
         }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("page_size", &self.page_size)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("checkpoint_wal_bytes", &self.checkpoint_wal_bytes)
+            .field("background", &self.background)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("retain_unshipped", &self.retain_unshipped)
+            .field("clock", &self.clock)
+            .field("on_commit", &self.on_commit.as_ref().map(|_| "hook"))
+            .finish()
     }
 }
 
@@ -103,6 +125,15 @@ pub struct Commit {
     pub page_count: u32,
     pub checksum_before: StateChecksum,
     pub checksum_after: StateChecksum,
+}
+
+/// What describes a whole image: see [`Database::install_image`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub lsn: Lsn,
+    pub page_count: u32,
+    pub checksum: StateChecksum,
+    pub time_ms: u64,
 }
 
 /// Counters and positions for `hadal info` and metrics.
@@ -396,6 +427,83 @@ impl Database {
         self.inner.commit_pages(&base, pending, durability)
     }
 
+    /// Seeds an empty database with a whole image at `lsn` (a snapshot from the bucket): the
+    /// pages go straight to the main file and a superblock makes them the checkpoint. The
+    /// pages must be exactly `0..page_count`, in order; the state checksum they give must equal
+    /// `checksum`, or nothing is installed. Later commits then arrive through `apply_commit`.
+    pub fn install_image(
+        &self,
+        image: ImageHeader,
+        pages: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
+    ) -> Result<()> {
+        self.inner.check_open()?;
+        let _guard = self.inner.writer.lock();
+        if self.inner.current.load().lsn != Lsn::ZERO {
+            return Err(Error::Invalid(
+                "install_image needs an empty database".into(),
+            ));
+        }
+        let pager = &self.inner.pager;
+        let object = format!("snapshot image at {:?}", image.lsn);
+        let mut checksum = StateChecksum::EMPTY;
+        let mut expected = 0u32;
+        let main_err = |op, e| Error::io(op, pager.main.name().to_string(), e);
+        for item in pages {
+            let (page_no, bytes) = item?;
+            if page_no.get() != expected || bytes.len() != pager.page_size {
+                return Err(Error::corrupt(
+                    &object,
+                    format!("page {page_no} is out of order or the wrong size"),
+                ));
+            }
+            page::verify(page_no, &bytes)
+                .map_err(|e| Error::corrupt(format!("{object} page {page_no}"), e))?;
+            checksum.add(page_no, &bytes);
+            pager
+                .main
+                .write_at(crate::pager::page_offset(page_no, pager.page_size), &bytes)
+                .map_err(|e| main_err("install image", e))?;
+            expected += 1;
+        }
+        if expected != image.page_count || checksum != image.checksum {
+            return Err(Error::corrupt(
+                &object,
+                format!(
+                    "{expected} pages with checksum {checksum:?}, expected {} pages with {:?}",
+                    image.page_count, image.checksum
+                ),
+            ));
+        }
+        pager
+            .main
+            .sync()
+            .map_err(|e| main_err("install image", e))?;
+        let sb = {
+            let current = *pager.superblock.lock();
+            Superblock {
+                generation: current.generation + 1,
+                checkpoint_lsn: image.lsn,
+                page_count: image.page_count,
+                checksum,
+                checkpoint_time_ms: image.time_ms,
+                ..current
+            }
+        };
+        pager.write_superblock(&sb)?;
+        *pager.superblock.lock() = sb;
+        pager.wal.reset_to(image.lsn, checksum);
+        self.inner
+            .lsn_shipped
+            .store(image.lsn.get(), Ordering::SeqCst);
+        self.inner.publish(Arc::new(Version {
+            lsn: image.lsn,
+            page_count: image.page_count,
+            checksum,
+            time_ms: image.time_ms,
+        }));
+        Ok(())
+    }
+
     /// Copies committed pages into the main file, up to what readers and shipping allow.
     /// Returns the checkpoint LSN reached, if it moved.
     pub fn checkpoint(&self) -> Result<Option<Lsn>> {
@@ -558,10 +666,16 @@ impl Inner {
     }
 
     fn publish(&self, version: Arc<Version>) {
-        let mut published = self.published.lock();
-        published.retain(|v| v.strong_count() > 0);
-        published.push(Arc::downgrade(&version));
-        self.current.store(version);
+        let lsn = version.lsn;
+        {
+            let mut published = self.published.lock();
+            published.retain(|v| v.strong_count() > 0);
+            published.push(Arc::downgrade(&version));
+            self.current.store(version);
+        }
+        if let Some(hook) = &self.options.on_commit {
+            hook(lsn);
+        }
     }
 
     /// The lowest LSN any live snapshot reads at.

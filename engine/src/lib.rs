@@ -22,7 +22,10 @@ mod wal;
 pub use batch::{Assertion, Batch, Op};
 pub use btree::Entry;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use db::{Commit, Database, Durability, Info, MAIN_FILE_NAME, Options, WAL_FILE_NAME};
+pub use db::{
+    Commit, CommitHook, Database, Durability, ImageHeader, Info, MAIN_FILE_NAME, Options,
+    WAL_FILE_NAME,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use hadal_format::{Lsn, PageNo, StateChecksum};
 pub use storage::{FaultPlan, FileStorage, MemStorage, Storage};

@@ -579,6 +579,17 @@ impl Wal {
         }
     }
 
+    /// Forgets the current generation: the main file now holds the image at `lsn` (installed
+    /// from a snapshot), and the next append starts a new generation based there.
+    pub fn reset_to(&self, lsn: Lsn, checksum: StateChecksum) {
+        let mut state = self.state.lock();
+        *self.index.write() = WalIndex::default();
+        state.commits.clear();
+        state.restart_pending = true;
+        state.last_lsn = lsn;
+        state.last_checksum = checksum;
+    }
+
     /// The commit record of `lsn`, if it is in the current generation.
     pub fn commit_meta(&self, lsn: Lsn) -> Option<CommitMeta> {
         self.state
