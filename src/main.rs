@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bucket_cmd;
 mod kv_cmd;
 
 use std::path::PathBuf;
@@ -35,6 +36,12 @@ enum Command {
         #[command(subcommand)]
         verb: kv_cmd::Verb,
     },
+    /// Qualify an object store before trusting it with data: conditional-write self-test and a
+    /// short contract smoke, printed as a pass/fail table.
+    Bucket {
+        #[command(subcommand)]
+        cmd: bucket_cmd::BucketCommand,
+    },
     /// Check a data folder's integrity: page checksums, tree order, free-list accounting and
     /// the state checksum. Exits non-zero if anything is wrong.
     Check {
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Kv { data, table, verb } => kv_cmd::run(&data, &table, verb),
         Command::Check { data } => kv_cmd::check(&data),
+        Command::Bucket { cmd } => bucket_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

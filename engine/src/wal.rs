@@ -118,7 +118,17 @@ pub(crate) struct WalState {
     pub last_checksum: StateChecksum,
     /// The append buffer, reused across commits: a fresh multi-megabyte buffer per commit
     /// makes the allocator map and zero memory every time.
-    buf: Vec<u8>,
+    buf: AppendBuffer,
+}
+
+/// A reusable buffer whose `Debug` shows its size, not its megabytes.
+#[derive(Default)]
+struct AppendBuffer(Vec<u8>);
+
+impl std::fmt::Debug for AppendBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AppendBuffer({} bytes capacity)", self.0.capacity())
+    }
 }
 
 #[derive(Debug)]
@@ -183,7 +193,7 @@ impl Wal {
                 commits: Vec::new(),
                 last_lsn: sb.checkpoint_lsn,
                 last_checksum: sb.checksum,
-                buf: Vec::new(),
+                buf: AppendBuffer::default(),
             }),
             file,
         };
@@ -435,7 +445,7 @@ impl Wal {
             state.commits.clear();
             state.restart_pending = false;
         }
-        let mut buf = std::mem::take(&mut state.buf);
+        let mut buf = std::mem::take(&mut state.buf.0);
         buf.clear();
         let mut chain = state.chain;
         for (i, (page_no, image)) in pages.iter().enumerate() {
@@ -463,7 +473,7 @@ impl Wal {
         }
         let written = self.file.write_at(offset, &buf);
         if buf.capacity() <= APPEND_BUFFER_KEEP_BYTES {
-            state.buf = buf;
+            state.buf = AppendBuffer(buf);
         }
         written.map_err(|e| self.io("append", e))?;
         if sync {

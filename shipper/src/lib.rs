@@ -1,0 +1,218 @@
+//! Hadal's primary side: the bucket becomes the durable home.
+//!
+//! [`Shipper::start`] takes over the database's log (`takeover.rs`: epoch CAS, fence, replay or
+//! reconcile), then runs the upload loop (`ship.rs`) that turns the engine's commits into
+//! segments, one conditional create per segment, at most one in flight. A commit is durable in
+//! the bucket exactly when its segment's create succeeded; [`Shipper::wait_durable`] is the
+//! output gate for `strict` mode.
+//!
+//! The engine must be opened with `retain_unshipped` (so its WAL keeps what is not shipped yet)
+//! and with [`commit_hook`] (so commits wake the shipper).
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod manifest;
+mod metrics;
+mod ship;
+mod takeover;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hadal_engine::{CommitHook, Database};
+use hadal_format::{Epoch, Lsn};
+use hadal_replica::BucketLog;
+use hadal_transports::DynBucket;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use error::{Error, ErrorKind, Result};
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use ship::Mode;
+pub use takeover::{FENCE_ATTEMPTS_MAX, Position, take_over};
+
+/// Settings of a shipper.
+#[derive(Debug, Clone)]
+pub struct ShipperOptions {
+    pub mode: Mode,
+    /// In `local` and `async` modes: how often pending commits are shipped.
+    pub interval: Duration,
+    /// While idle, how often the manifest is read to learn of a takeover.
+    pub manifest_poll: Duration,
+}
+
+impl Default for ShipperOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Strict,
+            interval: Duration::from_secs(1),
+            manifest_poll: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The hook to put in the engine's `Options::on_commit`: it wakes the shipper.
+pub fn commit_hook(wake: &Arc<Notify>) -> CommitHook {
+    let wake = wake.clone();
+    Arc::new(move |_lsn| wake.notify_one())
+}
+
+/// Every bucket call of the shipper goes through the retry decorator: transient errors are
+/// resent, ambiguous conditional creates are resolved by reading back. Delays are short because
+/// strict-mode commits wait on these calls.
+fn with_retries(bucket: DynBucket) -> DynBucket {
+    let policy = hadal_transports::RetryPolicy {
+        delay_min: Duration::from_millis(10),
+        delay_max: Duration::from_secs(1),
+        ..hadal_transports::RetryPolicy::default()
+    };
+    Arc::new(hadal_transports::RetryingBucket::new(bucket, policy))
+}
+
+/// Self-test attempts when the store answers with transient errors.
+const SELF_TEST_ATTEMPTS_MAX: usize = 5;
+
+/// The conditional-write self-test (DESIGN.md §3, F11): a store that does not honour
+/// create-if-absent and compare-and-swap is refused by name before anything is written.
+async fn verify_conditional_writes(bucket: &DynBucket) -> Result<()> {
+    let mut last = None;
+    for _ in 0..SELF_TEST_ATTEMPTS_MAX {
+        match hadal_transports::self_test(bucket.as_ref()).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    hadal_transports::ErrorKind::Retry | hadal_transports::ErrorKind::Indeterminate
+                ) =>
+            {
+                last = Some(e);
+            }
+            Err(e) => return Err(Error::Bucket(format!("refusing {}: {e}", bucket.name()))),
+        }
+    }
+    Err(Error::Bucket(format!(
+        "the conditional-write self-test of {} kept failing transiently: {}",
+        bucket.name(),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+/// A running shipper.
+#[derive(Debug)]
+pub struct Shipper {
+    durable: watch::Receiver<ship::Durable>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    epoch: Epoch,
+    wake: Arc<Notify>,
+}
+
+impl Shipper {
+    /// Takes over the log in `bucket` and starts shipping `db`'s commits. `wake` must be the
+    /// one whose [`commit_hook`] the engine was opened with.
+    pub async fn start(
+        db: Database,
+        bucket: DynBucket,
+        options: ShipperOptions,
+        wake: Arc<Notify>,
+    ) -> Result<Shipper> {
+        let bucket = with_retries(bucket);
+        verify_conditional_writes(&bucket).await?;
+        let log = BucketLog::new(bucket);
+        let now_ms = {
+            use hadal_engine::Clock;
+            hadal_engine::SystemClock.now_ms()
+        };
+        let position = take_over(&db, &log, now_ms).await?;
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let (ship, durable) = ship::ShipLoop::new(
+            db,
+            log,
+            position,
+            options.mode,
+            options.interval,
+            options.manifest_poll,
+            wake.clone(),
+            stop_rx,
+            metrics.clone(),
+        );
+        let task = tokio::spawn(Arc::new(ship).run());
+        wake.notify_one();
+        Ok(Shipper {
+            durable,
+            stop,
+            task: Some(task),
+            metrics,
+            epoch: position.epoch,
+            wake,
+        })
+    }
+
+    /// The newest LSN whose segment is in the bucket.
+    pub fn lsn_durable(&self) -> Lsn {
+        self.durable.borrow().lsn
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Why the shipper stopped, if it did (fenced, shut down, or a bucket failure).
+    pub fn stopped(&self) -> Option<Error> {
+        self.durable.borrow().stopped.clone()
+    }
+
+    /// Waits until `lsn` is durable in the bucket. Fails with `Fenced` (or the reason the
+    /// shipper stopped) if that can no longer happen.
+    pub async fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        let mut rx = self.durable.clone();
+        loop {
+            {
+                let d = rx.borrow_and_update();
+                if d.lsn >= lsn {
+                    return Ok(());
+                }
+                if let Some(e) = &d.stopped {
+                    return Err(e.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Closed("the shipper is gone".into()));
+            }
+        }
+    }
+
+    /// Wakes the upload loop (the commit hook does this on every commit).
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Ships everything committed so far, then stops.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.wake.notify_one();
+        if let Some(task) = self.task.take() {
+            task.await
+                .map_err(|e| Error::Closed(format!("shipper task failed: {e}")))?;
+        }
+        match self.stopped() {
+            Some(Error::Closed(_)) | None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Shipper metrics: what was uploaded, how often, how fast.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hadal_format::Epoch;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+/// Upload latencies above this (in microseconds) are recorded as this.
+const LATENCY_US_MAX: u64 = 600_000_000;
+
+#[derive(Debug)]
+pub struct Metrics {
+    segments: AtomicU64,
+    bytes: AtomicU64,
+    commits: AtomicU64,
+    puts: AtomicU64,
+    epoch: AtomicU64,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+/// A point-in-time copy of the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSnapshot {
+    pub segments_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub commits_shipped: u64,
+    /// PUT requests for segments, retries included.
+    pub segment_puts: u64,
+    pub epoch: u64,
+    pub upload_p50: Duration,
+    pub upload_p99: Duration,
+}
+
+impl MetricsSnapshot {
+    /// Segment PUTs per shipped commit (below 1 when group commit batches several).
+    pub fn puts_per_commit(&self) -> f64 {
+        if self.commits_shipped == 0 {
+            0.0
+        } else {
+            self.segment_puts as f64 / self.commits_shipped as f64
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            segments: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            puts: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            latency_us: Mutex::new(
+                Histogram::new_with_max(LATENCY_US_MAX, 3)
+                    .expect("valid histogram bounds: 3 significant digits"),
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn record_upload(&self, latency: Duration, bytes: usize, commits: usize) {
+        self.segments.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.commits.fetch_add(commits as u64, Ordering::Relaxed);
+        let us = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        let _ = self.latency_us.lock().record(us);
+    }
+
+    pub(crate) fn count_put(&self) {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: Epoch) {
+        self.epoch.store(epoch.get(), Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let h = self.latency_us.lock();
+        MetricsSnapshot {
+            segments_uploaded: self.segments.load(Ordering::Relaxed),
+            bytes_uploaded: self.bytes.load(Ordering::Relaxed),
+            commits_shipped: self.commits.load(Ordering::Relaxed),
+            segment_puts: self.puts.load(Ordering::Relaxed),
+            epoch: self.epoch.load(Ordering::Relaxed),
+            upload_p50: Duration::from_micros(h.value_at_quantile(0.5)),
+            upload_p99: Duration::from_micros(h.value_at_quantile(0.99)),
+        }
+    }
+}
