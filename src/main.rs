@@ -5,6 +5,7 @@
 
 mod bucket_cmd;
 mod kv_cmd;
+mod restore_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ enum Command {
         #[command(subcommand)]
         cmd: bucket_cmd::BucketCommand,
     },
+    /// Rebuild a database from its bucket alone: at its head, an LSN (--lsn) or a time (--time),
+    /// into a new folder.
+    Restore(restore_cmd::RestoreArgs),
     /// Check a data folder's integrity: page checksums, tree order, free-list accounting and
     /// the state checksum. Exits non-zero if anything is wrong.
     Check {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Kv { data, table, verb } => kv_cmd::run(&data, &table, verb),
         Command::Check { data } => kv_cmd::check(&data),
         Command::Bucket { cmd } => bucket_cmd::run(cmd),
+        Command::Restore(args) => restore_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -196,9 +196,18 @@ impl Moto {
             });
         }
         let port = free_port()?;
-        let mut command = Command::new(&binary);
+        // moto's conditional PUT is a check-then-write without a lock: with its default
+        // threaded server, racing creates can both win under CPU load (OBJECT-STORES.md). The
+        // race tests are about our client and the stores we ship to, whose atomicity is the
+        // provider's; so moto is started single-threaded (requests serialised) through its own
+        // `main`, with werkzeug's `threaded` flag forced off.
+        let python = binary.with_file_name("python");
+        let launcher = "import sys, moto.server as s; run = s.run_simple; \
+                        s.run_simple = lambda *a, **k: run(*a, **{**k, 'threaded': False}); \
+                        s.main(sys.argv[1:])";
+        let mut command = Command::new(&python);
         command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-c", launcher, "-H", "127.0.0.1", "-p", &port.to_string()])
             .env(
                 "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE",
                 MOTO_KEY_BUFFER_BYTES.to_string(),
