@@ -110,6 +110,9 @@ impl std::fmt::Debug for Options {
 
 /// Expired keys deleted per sweeper commit, so one sweep never holds the writer for long.
 const SWEEP_BATCH_KEYS: usize = 1000;
+/// How long a checkpoint waits for the writer slot to catch up before giving up on it (a
+/// caller holding a write transaction must not deadlock a checkpoint it called).
+const CHECKPOINT_CATCH_UP_WAIT: Duration = Duration::from_millis(100);
 /// The background thread wakes at least this often.
 const BACKGROUND_TICK: Duration = Duration::from_millis(100);
 
@@ -657,7 +660,7 @@ impl Inner {
             checksum,
             time_ms,
         }));
-        if self.pager.wal.bytes_used() >= self.options.checkpoint_wal_bytes
+        if self.pager.wal.bytes_pending_checkpoint() >= self.options.checkpoint_wal_bytes
             && let Some(wake) = self.wake.lock().as_ref()
         {
             let _ = wake.try_send(());
@@ -689,17 +692,43 @@ impl Inner {
             .unwrap_or_else(|| self.current.load().lsn)
     }
 
+    /// The LSN a checkpoint may reach now.
+    fn checkpoint_limit(&self) -> Lsn {
+        let limit = self.oldest_reader();
+        if self.options.retain_unshipped {
+            limit.min(Lsn::new(self.lsn_shipped.load(Ordering::SeqCst)))
+        } else {
+            limit
+        }
+    }
+
+    /// Checkpoints without blocking writers, then catches up with the commits that arrived
+    /// meanwhile while briefly holding the writer slot: under a steady write load a checkpoint
+    /// never ends exactly at the last commit, so without the catch-up the WAL would never
+    /// restart and would grow without bound.
     fn checkpoint(&self) -> Result<Option<Lsn>> {
         self.check_open()?;
-        let mut limit = self.oldest_reader();
-        if self.options.retain_unshipped {
-            limit = limit.min(Lsn::new(self.lsn_shipped.load(Ordering::SeqCst)));
-        }
-        self.pager.checkpoint(limit).inspect_err(|e| {
+        let poison_on_io = |e: &Error| {
             if e.kind() == ErrorKind::Io {
                 self.poison(&e.to_string());
             }
-        })
+        };
+        let mut reached = self
+            .pager
+            .checkpoint(self.checkpoint_limit())
+            .inspect_err(poison_on_io)?;
+        if self.pager.wal.bytes_pending_checkpoint() > 0
+            && let Some(_writer) = self.writer.try_lock_for(CHECKPOINT_CATCH_UP_WAIT)
+        {
+            if let Some(lsn) = self
+                .pager
+                .checkpoint(self.checkpoint_limit())
+                .inspect_err(poison_on_io)?
+            {
+                reached = Some(lsn);
+            }
+        }
+        Ok(reached)
     }
 
     fn sweep_expired(&self, max: usize) -> Result<usize> {
@@ -797,7 +826,7 @@ fn background_loop(inner: Weak<Inner>, wakeups: Receiver<()>) {
         if inner.stop.load(Ordering::SeqCst) {
             return;
         }
-        if inner.pager.wal.bytes_used() >= inner.options.checkpoint_wal_bytes
+        if inner.pager.wal.bytes_pending_checkpoint() >= inner.options.checkpoint_wal_bytes
             && let Err(e) = inner.checkpoint()
         {
             tracing::warn!(error = %e, "background checkpoint failed");

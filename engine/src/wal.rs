@@ -110,6 +110,8 @@ pub(crate) struct WalState {
     /// The header is not on disk (or is stale): the next append writes a new generation.
     restart_pending: bool,
     next_frame: u64,
+    /// Frames before this one are covered by a checkpoint (the trigger counts only the rest).
+    checkpoint_frame: u64,
     chain: u64,
     allocated_bytes: u64,
     /// Commits of the current generation, oldest first.
@@ -188,6 +190,7 @@ impl Wal {
                 header: fresh_header,
                 restart_pending: true,
                 next_frame: 0,
+                checkpoint_frame: 0,
                 chain: 0,
                 allocated_bytes: len,
                 commits: Vec::new(),
@@ -389,6 +392,14 @@ impl Wal {
             ));
         }
         self.index.write().drop_through(sb.checkpoint_lsn);
+        if let Some(c) = state
+            .commits
+            .iter()
+            .rev()
+            .find(|c| c.lsn <= sb.checkpoint_lsn)
+        {
+            state.checkpoint_frame = c.first_frame + u64::from(c.frame_count);
+        }
         let tip = match state.commits.last() {
             Some(c) if c.lsn > sb.checkpoint_lsn => Tip {
                 lsn: c.lsn,
@@ -441,6 +452,7 @@ impl Wal {
             state.allocated_bytes = state.allocated_bytes.max(WAL_HEADER_BYTES as u64);
             state.chain = header.chain_seed();
             state.next_frame = 0;
+            state.checkpoint_frame = 0;
             state.header = header;
             state.commits.clear();
             state.restart_pending = false;
@@ -584,6 +596,11 @@ impl Wal {
             evict(p);
         }
         index.drop_through(lsn);
+        if let Some(c) = state.commits.iter().rev().find(|c| c.lsn <= lsn) {
+            state.checkpoint_frame = state
+                .checkpoint_frame
+                .max(c.first_frame + u64::from(c.frame_count));
+        }
         if index.is_empty() && state.last_lsn == lsn {
             state.restart_pending = true;
         }
@@ -609,6 +626,16 @@ impl Wal {
             .rev()
             .find(|c| c.lsn == lsn)
             .copied()
+    }
+
+    /// Bytes of frames not yet covered by a checkpoint: what the checkpoint trigger counts.
+    pub fn bytes_pending_checkpoint(&self) -> u64 {
+        let state = self.state.lock();
+        if state.restart_pending {
+            0
+        } else {
+            state.next_frame.saturating_sub(state.checkpoint_frame) * self.frame_bytes()
+        }
     }
 
     /// Bytes of frames in the current generation.

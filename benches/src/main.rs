@@ -1,0 +1,354 @@
+//! `hadal-benches`: benchmarks Hadal's engine against redb and LMDB in one process run, on the
+//! four workloads of issue 2, item 5 (methodology in `benches/README.md`).
+//!
+//! `cargo run --release -p hadal-benches -- engine` prints the table and writes
+//! `target/hadal-bench/engine.json` under the workspace root. Every engine gets a fresh folder on
+//! the same disk as the repository (not tmpfs, so durable commits really reach the disk), the
+//! same generated data, and the same loops; every read result is checked against the data.
+
+mod engines;
+mod meter;
+mod report;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::engines::{Engine, Hadal, Lmdb, Redb};
+use crate::meter::{Measurement, Meter};
+use crate::report::{EngineRun, Report, Target, Workload};
+use crate::workload::{BATCH_KEYS, Dataset, SCAN_COUNT, SCAN_KEYS, SINGLE_COMMITS, Tally};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks Hadal's engine against redb and LMDB in the same run.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Workloads (a)-(d) of issue 2 on Hadal, redb and LMDB.
+    Engine(EngineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EngineArgs {
+    /// Keys loaded by workload (a) and read by workload (b).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: usize,
+    /// Engines to run, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "hadal,redb,lmdb")]
+    only: Vec<EngineName>,
+    /// Folder for the engines' scratch databases [default: <workspace>/target/hadal-bench/scratch].
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Where to write the JSON [default: <workspace>/target/hadal-bench/engine.json].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EngineName {
+    Hadal,
+    Redb,
+    Lmdb,
+}
+
+fn main() -> Result<()> {
+    let Command::Engine(args) = Cli::parse().command;
+    run_engine_benchmark(&args)
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn run_engine_benchmark(args: &EngineArgs) -> Result<()> {
+    ensure!(args.keys > 0, "--keys must be at least 1");
+    ensure!(!args.only.is_empty(), "--only names no engine");
+    let root = workspace_root();
+    let bench_dir = root.join("target").join("hadal-bench");
+    let scratch = args
+        .scratch
+        .clone()
+        .unwrap_or_else(|| bench_dir.join("scratch"));
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("create scratch folder {}", scratch.display()))?;
+
+    let started = Instant::now();
+    let data = Dataset::generate(args.keys);
+    let expected = Expected {
+        reads: data.expected_reads(),
+        scans: data.expected_scans(),
+    };
+    progress(&format!(
+        "generated {} pairs + {} single-commit pairs in {:.1} s; scratch {}",
+        data.loaded,
+        SINGLE_COMMITS,
+        started.elapsed().as_secs_f64(),
+        scratch.display()
+    ));
+
+    let mut runs = Vec::new();
+    for name in dedup(&args.only) {
+        let run = match name {
+            EngineName::Hadal => run_engine::<Hadal>(&data, &expected, &scratch)?,
+            EngineName::Redb => run_engine::<Redb>(&data, &expected, &scratch)?,
+            EngineName::Lmdb => run_engine::<Lmdb>(&data, &expected, &scratch)?,
+        };
+        runs.push(run);
+    }
+
+    let report = Report {
+        key_count: data.loaded,
+        versions: versions(&root),
+        workloads: workloads(&data),
+        runs,
+    };
+    print!("{}", report.table());
+    let mut doc = report.json();
+    doc["machine"] = machine();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| bench_dir.join("engine.json"));
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("write {}", out.display()))?;
+    progress(&format!("wrote {}", out.display()));
+    Ok(())
+}
+
+fn dedup(names: &[EngineName]) -> Vec<EngineName> {
+    let mut out: Vec<EngineName> = Vec::new();
+    for &name in names {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// What the read workloads must return, computed from the data alone.
+#[derive(Debug)]
+struct Expected {
+    reads: Tally,
+    scans: Tally,
+}
+
+fn workloads(data: &Dataset) -> Vec<Workload> {
+    let txn_count = data.loaded.div_ceil(BATCH_KEYS);
+    vec![
+        Workload {
+            id: "a_load",
+            label: format!(
+                "(a) load {} keys, {} durable txns",
+                thousands(data.loaded),
+                thousands(txn_count)
+            ),
+            op_count: data.loaded,
+            target: Some(Target {
+                against: "redb",
+                ratio_max: 0.5,
+            }),
+        },
+        Workload {
+            id: "b_point_reads",
+            label: format!(
+                "(b) {} random point reads",
+                thousands(data.read_order.len())
+            ),
+            op_count: data.read_order.len(),
+            target: Some(Target {
+                against: "lmdb",
+                ratio_max: 1.1,
+            }),
+        },
+        Workload {
+            id: "c_single_commits",
+            label: format!(
+                "(c) {} single-key durable commits",
+                thousands(SINGLE_COMMITS)
+            ),
+            op_count: SINGLE_COMMITS,
+            target: Some(Target {
+                against: "redb",
+                ratio_max: 1.0,
+            }),
+        },
+        Workload {
+            id: "d_range_scans",
+            label: format!(
+                "(d) {} range scans of {SCAN_KEYS} keys",
+                thousands(SCAN_COUNT)
+            ),
+            op_count: SCAN_COUNT,
+            target: None,
+        },
+    ]
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Runs the four workloads, in order, on one engine in a fresh folder, then deletes it.
+fn run_engine<E: Engine>(data: &Dataset, expected: &Expected, scratch: &Path) -> Result<EngineRun> {
+    let name = E::NAME;
+    // Start every engine with no other engine's dirty pages still being written back.
+    flush_page_cache();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(scratch)?;
+    let mut engine = E::open(dir.path()).with_context(|| format!("{name}: open"))?;
+    let mut measurements = Vec::new();
+
+    let meter = Meter::start();
+    let started = Instant::now();
+    let batches: Vec<_> = data.load_batches().collect();
+    let report_every = (batches.len() / 10).max(1);
+    for (n, batch) in batches.into_iter().enumerate() {
+        engine
+            .commit(data, batch)
+            .with_context(|| format!("{name}: (a) commit {n}"))?;
+        if (n + 1) % report_every == 0 {
+            progress(&format!(
+                "{name}: (a) {} txns committed, {:.1} s",
+                n + 1,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    measurements.push(finish(name, "a", meter));
+
+    let meter = Meter::start();
+    let tally = engine.get_all(data, &data.read_order)?;
+    measurements.push(finish(name, "b", meter));
+    check(name, "(b) point reads", tally, expected.reads)?;
+
+    let meter = Meter::start();
+    for i in data.single_commits() {
+        engine
+            .commit(data, i..i + 1)
+            .with_context(|| format!("{name}: (c) commit"))?;
+    }
+    measurements.push(finish(name, "c", meter));
+
+    let meter = Meter::start();
+    let tally = engine.scan_all(data, &data.scan_starts, SCAN_KEYS)?;
+    measurements.push(finish(name, "d", meter));
+    check(name, "(d) range scans", tally, expected.scans)?;
+
+    let disk_bytes = folder_bytes(dir.path())?;
+    drop(engine);
+    dir.close()?;
+    Ok(EngineRun {
+        name,
+        measurements,
+        disk_bytes,
+    })
+}
+
+fn finish(engine: &str, workload: &str, meter: Meter) -> Measurement {
+    let m = meter.finish();
+    progress(&format!(
+        "{engine}: ({workload}) done in {:.2} s (cpu {:.2} s, {:.0} MiB written in {} calls)",
+        m.seconds,
+        m.cpu_seconds,
+        m.write_bytes as f64 / (1024.0 * 1024.0),
+        m.write_calls
+    ));
+    m
+}
+
+fn check(engine: &str, workload: &str, got: Tally, want: Tally) -> Result<()> {
+    if got != want {
+        bail!("{engine}: {workload} returned {got:?}, the data says {want:?}");
+    }
+    Ok(())
+}
+
+fn progress(line: &str) {
+    eprintln!("[hadal-bench] {line}");
+}
+
+/// Asks the kernel to write back all dirty pages (best effort: `sync` may be missing).
+fn flush_page_cache() {
+    let _ = Process::new("sync").status();
+}
+
+/// Apparent size of every file under `dir`.
+fn folder_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            folder_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Exact versions of the engines under test, from the workspace's `Cargo.lock`.
+fn versions(root: &Path) -> Vec<(&'static str, String)> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let locked = |name: &str| {
+        let header = format!("name = \"{name}\"");
+        let mut lines = lock.lines();
+        while let Some(line) = lines.next() {
+            if line == header {
+                let version = lines.next().unwrap_or_default();
+                return version
+                    .trim_start_matches("version = \"")
+                    .trim_end_matches('"')
+                    .to_string();
+            }
+        }
+        "unknown".to_string()
+    };
+    vec![
+        ("hadal-engine", locked("hadal-engine")),
+        ("redb", locked("redb")),
+        ("heed", locked("heed")),
+        ("lmdb", heed::lmdb_version().string.to_string()),
+    ]
+}
+
+fn machine() -> serde_json::Value {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let unix_seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "unix_seconds": unix_seconds,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}
