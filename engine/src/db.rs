@@ -719,14 +719,12 @@ impl Inner {
             .inspect_err(poison_on_io)?;
         if self.pager.wal.bytes_pending_checkpoint() > 0
             && let Some(_writer) = self.writer.try_lock_for(CHECKPOINT_CATCH_UP_WAIT)
-        {
-            if let Some(lsn) = self
+            && let Some(lsn) = self
                 .pager
                 .checkpoint(self.checkpoint_limit())
                 .inspect_err(poison_on_io)?
-            {
-                reached = Some(lsn);
-            }
+        {
+            reached = Some(lsn);
         }
         Ok(reached)
     }
