@@ -27,7 +27,7 @@
 //! Decoding verifies the hash first, so any flipped byte is reported before a field is trusted;
 //! then every structural claim (LSN ranges, checksum continuity, sizes, page order) is checked.
 
-use crate::hash::ObjectHash;
+use crate::hash::{HASH_TRAILER_BYTES, ObjectHash, verify_hashed_object};
 use crate::limits::{SEGMENT_BODY_BYTES_MAX, SEGMENT_COMMITS_MAX, page_size_is_valid};
 use crate::{Epoch, FormatError, Lsn, PageNo, Slot, StateChecksum, read_u32, read_u64};
 
@@ -35,7 +35,7 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"HADALSEG";
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
 const FIXED_BYTES: usize = 144;
 const COMMIT_ENTRY_BYTES: usize = 40;
-const HASH_BYTES: usize = 32;
+const HASH_BYTES: usize = HASH_TRAILER_BYTES;
 /// zstd level for page frames: fast, and page images compress well at any level.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -368,31 +368,14 @@ impl SegmentHeader {
 fn decode_header_at(
     bytes: &[u8],
 ) -> Result<(SegmentHeader, ObjectHash, usize, usize), FormatError> {
-    if bytes.len() < FIXED_BYTES + HASH_BYTES {
-        return Err(FormatError::Truncated {
-            needed: FIXED_BYTES + HASH_BYTES,
-        });
-    }
-    let (content, trailer) = bytes.split_at(bytes.len() - HASH_BYTES);
-    let hash = ObjectHash::of(content);
-    if hash.0 != trailer {
-        return Err(invalid(
-            "hash",
-            "the SHA-256 trailer does not match the object's bytes",
-        ));
-    }
-    if &bytes[0..8] != SEGMENT_MAGIC {
-        return Err(FormatError::BadMagic {
-            expected: "HADALSEG",
-        });
-    }
-    let version = read_u32(bytes, 8)?;
-    if version != SEGMENT_FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion {
-            found: version,
-            supported: SEGMENT_FORMAT_VERSION,
-        });
-    }
+    let hash = verify_hashed_object(
+        bytes,
+        FIXED_BYTES + HASH_BYTES,
+        SEGMENT_MAGIC,
+        "HADALSEG",
+        SEGMENT_FORMAT_VERSION,
+    )?;
+    let content = &bytes[..bytes.len() - HASH_BYTES];
     let kind = match bytes[12] {
         1 => SegmentKind::Commits,
         2 => SegmentKind::Fence,

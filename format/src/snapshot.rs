@@ -14,14 +14,14 @@
 //! end-32  SHA-256 of every byte before it
 //! ```
 
-use crate::hash::ObjectHash;
+use crate::hash::{HASH_TRAILER_BYTES, ObjectHash, verify_hashed_object};
 use crate::limits::{SNAPSHOT_PART_PAGES_MAX, page_size_is_valid};
 use crate::{FormatError, Lsn, PageNo, read_u32, read_u64};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"HADALSNP";
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 const FIXED_BYTES: usize = 56;
-const HASH_BYTES: usize = 32;
+const HASH_BYTES: usize = HASH_TRAILER_BYTES;
 const ZSTD_LEVEL: i32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,31 +70,14 @@ impl SnapshotPart {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<(Self, ObjectHash), FormatError> {
-        if bytes.len() < FIXED_BYTES + HASH_BYTES {
-            return Err(FormatError::Truncated {
-                needed: FIXED_BYTES + HASH_BYTES,
-            });
-        }
-        let (content, trailer) = bytes.split_at(bytes.len() - HASH_BYTES);
-        let hash = ObjectHash::of(content);
-        if hash.0 != trailer {
-            return Err(invalid(
-                "hash",
-                "the SHA-256 trailer does not match the object's bytes",
-            ));
-        }
-        if &bytes[0..8] != SNAPSHOT_MAGIC {
-            return Err(FormatError::BadMagic {
-                expected: "HADALSNP",
-            });
-        }
-        let version = read_u32(bytes, 8)?;
-        if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                found: version,
-                supported: SNAPSHOT_FORMAT_VERSION,
-            });
-        }
+        let hash = verify_hashed_object(
+            bytes,
+            FIXED_BYTES + HASH_BYTES,
+            SNAPSHOT_MAGIC,
+            "HADALSNP",
+            SNAPSHOT_FORMAT_VERSION,
+        )?;
+        let content = &bytes[..bytes.len() - HASH_BYTES];
         let page_size = read_u32(bytes, 12)?;
         if !page_size_is_valid(page_size) {
             return Err(FormatError::InvalidPageSize(page_size));

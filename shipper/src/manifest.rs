@@ -10,6 +10,32 @@ use hadal_transports::{Created, Nonce};
 
 use crate::error::{Error, Result};
 
+/// Creates `key` if absent. Returns whether the object there now is ours: created by this
+/// call, or by an earlier attempt of it whose answer was lost (same nonce and bytes); `false`
+/// if another writer's object holds the key (or it vanished when read back, which settles
+/// nothing: callers re-read and retry).
+pub(crate) async fn create_resolved(
+    log: &BucketLog,
+    key: &str,
+    bytes: Bytes,
+    nonce: Nonce,
+) -> Result<bool> {
+    Ok(
+        match log
+            .bucket()
+            .put_if_absent(key, bytes.clone(), nonce)
+            .await?
+        {
+            Created::Created(_) => true,
+            Created::Exists => log
+                .bucket()
+                .get(key)
+                .await?
+                .is_some_and(|o| o.is_ours(nonce, &bytes)),
+        },
+    )
+}
+
 /// Attempts before a manifest update gives up on contention (F6: never livelock silently).
 pub const MANIFEST_UPDATE_ATTEMPTS_MAX: usize = 32;
 
@@ -23,18 +49,7 @@ pub(crate) async fn create(log: &BucketLog, manifest: &mut Manifest) -> Result<O
         .map_err(|e| Error::Invalid(format!("encoding manifest: {e}")))?;
     let key = keys::manifest(manifest.manifest_id());
     let bytes = Bytes::from(bytes);
-    let ours = match log
-        .bucket()
-        .put_if_absent(&key, bytes.clone(), nonce)
-        .await?
-    {
-        Created::Created(_) => true,
-        Created::Exists => log
-            .bucket()
-            .get(&key)
-            .await?
-            .is_some_and(|o| o.is_ours(nonce, &bytes)),
-    };
+    let ours = create_resolved(log, &key, bytes, nonce).await?;
     Ok(ours.then(|| ManifestAt {
         manifest: manifest.clone(),
         hash,

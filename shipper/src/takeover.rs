@@ -17,7 +17,7 @@ use hadal_format::manifest::Manifest;
 use hadal_format::segment::Segment;
 use hadal_format::{Epoch, Lsn, ObjectHash, Slot, StateChecksum, keys};
 use hadal_replica::{BucketLog, Target, restore_into};
-use hadal_transports::{Created, Nonce};
+use hadal_transports::Nonce;
 
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -123,19 +123,7 @@ pub async fn take_over(db: &Database, log: &BucketLog, now_ms: u64) -> Result<Po
             .encode()
             .map_err(|e| Error::Invalid(format!("encoding fence: {e}")))?;
         let key = keys::segment(frontier);
-        let bytes = Bytes::from(bytes);
-        let ours = match log
-            .bucket()
-            .put_if_absent(&key, bytes.clone(), nonce)
-            .await?
-        {
-            Created::Created(_) => true,
-            Created::Exists => log
-                .bucket()
-                .get(&key)
-                .await?
-                .is_some_and(|o| o.is_ours(nonce, &bytes)),
-        };
+        let ours = manifest::create_resolved(log, &key, Bytes::from(bytes), nonce).await?;
         if ours {
             tracing::info!(
                 epoch = epoch.get(),
