@@ -15,12 +15,14 @@ mod error;
 mod manifest;
 mod metrics;
 mod ship;
+mod snapshot;
 mod takeover;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hadal_engine::{CommitHook, Database};
+use hadal_format::manifest::SnapshotRef;
 use hadal_format::{Epoch, Lsn};
 use hadal_replica::BucketLog;
 use hadal_transports::DynBucket;
@@ -30,6 +32,10 @@ use tokio::task::JoinHandle;
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use ship::Mode;
+pub use snapshot::{PARALLEL_PART_UPLOADS, RestoreEstimate, SNAPSHOT_PART_BYTES, SinceSnapshot};
+
+/// Default restore budget: a restore should take about a minute at most.
+pub const RESTORE_BUDGET_DEFAULT: Duration = Duration::from_secs(60);
 pub use takeover::{FENCE_ATTEMPTS_MAX, Position, take_over};
 
 /// Settings of a shipper.
@@ -40,6 +46,12 @@ pub struct ShipperOptions {
     pub interval: Duration,
     /// While idle, how often the manifest is read to learn of a takeover.
     pub manifest_poll: Duration,
+    /// How long a restore may take, by estimate, before a snapshot is taken (DESIGN.md §3
+    /// "Snapshots and restore budget"). See `snapshot.rs` for the rule.
+    pub restore_budget: Duration,
+    /// How long one segment upload may go without a definite answer (timeouts, 5xx, lost
+    /// responses) before the writer gives up with `Indeterminate` and stops.
+    pub upload_deadline: Duration,
 }
 
 impl Default for ShipperOptions {
@@ -48,6 +60,8 @@ impl Default for ShipperOptions {
             mode: Mode::Strict,
             interval: Duration::from_secs(1),
             manifest_poll: Duration::from_secs(10),
+            restore_budget: RESTORE_BUDGET_DEFAULT,
+            upload_deadline: Duration::from_secs(60),
         }
     }
 }
@@ -107,6 +121,8 @@ pub struct Shipper {
     metrics: Arc<Metrics>,
     epoch: Epoch,
     wake: Arc<Notify>,
+    ship: Arc<ship::ShipLoop>,
+    db: Database,
 }
 
 impl Shipper {
@@ -129,17 +145,16 @@ impl Shipper {
         let metrics = Arc::new(Metrics::default());
         let (stop, stop_rx) = watch::channel(false);
         let (ship, durable) = ship::ShipLoop::new(
-            db,
+            db.clone(),
             log,
             position,
-            options.mode,
-            options.interval,
-            options.manifest_poll,
+            &options,
             wake.clone(),
             stop_rx,
             metrics.clone(),
         );
-        let task = tokio::spawn(Arc::new(ship).run());
+        let ship = Arc::new(ship);
+        let task = tokio::spawn(ship.clone().run());
         wake.notify_one();
         Ok(Shipper {
             durable,
@@ -148,6 +163,8 @@ impl Shipper {
             metrics,
             epoch: position.epoch,
             wake,
+            ship,
+            db,
         })
     }
 
@@ -190,11 +207,32 @@ impl Shipper {
         self.wake.notify_one();
     }
 
+    /// What was shipped so far (counters, LSNs, upload latency percentiles, epoch).
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot()
+        let mut m = self.metrics.snapshot();
+        m.lsn_committed = self.db.lsn().get();
+        m.lsn_durable = self.lsn_durable().get();
+        m
     }
 
-    /// Ships everything committed so far, then stops.
+    /// Takes a snapshot of the database as it is now, uploads it and publishes it in the
+    /// manifest, regardless of the restore budget. `None` if there is nothing new to snapshot
+    /// (empty, or the newest snapshot is at the current LSN) or one is being taken already.
+    pub async fn snapshot_now(&self) -> Result<Option<SnapshotRef>> {
+        snapshot::take(&self.ship).await
+    }
+
+    /// The restore-time estimate the snapshot trigger works from.
+    pub fn restore_estimate(&self) -> RestoreEstimate {
+        let info = self.db.info();
+        self.ship
+            .budget
+            .estimate(u64::from(info.page_count) * u64::from(info.page_size))
+    }
+
+    /// Ships everything committed so far, then stops; returns once the database is no longer
+    /// used by the shipper's tasks (a budget snapshot in progress is abandoned). A shipper that
+    /// had stopped already returns the reason it stopped.
     pub async fn shutdown(mut self) -> Result<()> {
         let _ = self.stop.send(true);
         self.wake.notify_one();
@@ -202,6 +240,7 @@ impl Shipper {
             task.await
                 .map_err(|e| Error::Closed(format!("shipper task failed: {e}")))?;
         }
+        self.ship.cancel_snapshot().await;
         match self.stopped() {
             Some(Error::Closed(_)) | None => Ok(()),
             Some(e) => Err(e),
@@ -212,6 +251,9 @@ impl Shipper {
 impl Drop for Shipper {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.ship.snapshot_task.lock().take() {
             task.abort();
         }
     }

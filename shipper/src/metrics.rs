@@ -17,6 +17,9 @@ pub struct Metrics {
     commits: AtomicU64,
     puts: AtomicU64,
     epoch: AtomicU64,
+    lsn_durable: AtomicU64,
+    snapshots: AtomicU64,
+    snapshot_bytes: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -31,6 +34,12 @@ pub struct MetricsSnapshot {
     pub epoch: u64,
     pub upload_p50: Duration,
     pub upload_p99: Duration,
+    /// Newest LSN committed locally.
+    pub lsn_committed: u64,
+    /// Newest LSN whose segment is in the bucket.
+    pub lsn_durable: u64,
+    pub snapshots_published: u64,
+    pub snapshot_bytes_uploaded: u64,
 }
 
 impl MetricsSnapshot {
@@ -52,6 +61,9 @@ impl Default for Metrics {
             commits: AtomicU64::new(0),
             puts: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            lsn_durable: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
             latency_us: Mutex::new(
                 Histogram::new_with_max(LATENCY_US_MAX, 3)
                     .expect("valid histogram bounds: 3 significant digits"),
@@ -61,12 +73,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn record_upload(&self, latency: Duration, bytes: usize, commits: usize) {
+    pub(crate) fn record_upload(
+        &self,
+        latency: Duration,
+        bytes: usize,
+        commits: usize,
+        lsn_last: hadal_format::Lsn,
+    ) {
+        self.lsn_durable
+            .fetch_max(lsn_last.get(), Ordering::Relaxed);
         self.segments.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.commits.fetch_add(commits as u64, Ordering::Relaxed);
         let us = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
         let _ = self.latency_us.lock().record(us);
+    }
+
+    pub(crate) fn record_snapshot(&self, bytes: u64) {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn count_put(&self) {
@@ -87,6 +112,10 @@ impl Metrics {
             epoch: self.epoch.load(Ordering::Relaxed),
             upload_p50: Duration::from_micros(h.value_at_quantile(0.5)),
             upload_p99: Duration::from_micros(h.value_at_quantile(0.99)),
+            lsn_committed: 0,
+            lsn_durable: self.lsn_durable.load(Ordering::Relaxed),
+            snapshots_published: self.snapshots.load(Ordering::Relaxed),
+            snapshot_bytes_uploaded: self.snapshot_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::snapshot::Budget;
 use crate::takeover::Position;
 
 /// How commits reach the bucket (DESIGN.md §4).
@@ -89,23 +90,38 @@ pub(crate) struct ShipLoop {
     pub mode: Mode,
     pub interval: Duration,
     pub manifest_poll: Duration,
+    pub upload_deadline: Duration,
     pub position: Mutex<LogPosition>,
     pub durable: watch::Sender<Durable>,
     pub wake: Arc<Notify>,
     pub stop: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
     pub manifest_id: Mutex<hadal_format::ManifestId>,
+    /// The restore budget and the log since the newest snapshot.
+    pub budget: Budget,
+    pub newest_snapshot: Mutex<Lsn>,
+    /// The snapshot started by the budget, if one runs: shutdown cancels and awaits it.
+    pub snapshot_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub clock: Arc<dyn hadal_engine::Clock>,
+}
+
+impl std::fmt::Debug for ShipLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShipLoop")
+            .field("bucket", &self.log.bucket().name())
+            .field("epoch", &self.epoch)
+            .field("mode", &self.mode)
+            .field("position", &*self.position.lock())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShipLoop {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Database,
         log: BucketLog,
         position: Position,
-        mode: Mode,
-        interval: Duration,
-        manifest_poll: Duration,
+        options: &crate::ShipperOptions,
         wake: Arc<Notify>,
         stop: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
@@ -121,9 +137,10 @@ impl ShipLoop {
             db_id: position.db_id,
             epoch: position.epoch,
             page_size: position.page_size,
-            mode,
-            interval,
-            manifest_poll,
+            mode: options.mode,
+            interval: options.interval,
+            manifest_poll: options.manifest_poll,
+            upload_deadline: options.upload_deadline,
             position: Mutex::new(LogPosition {
                 next_slot: position.next_slot,
                 prev_hash: position.prev_hash,
@@ -134,12 +151,85 @@ impl ShipLoop {
             stop,
             metrics,
             manifest_id: Mutex::new(position.manifest_id),
+            budget: Budget::new(
+                options.restore_budget,
+                position.fence_slot(),
+                position.since_snapshot,
+            ),
+            newest_snapshot: Mutex::new(position.snapshot_lsn),
+            snapshot_task: Mutex::new(None),
+            clock: Arc::new(hadal_engine::SystemClock),
         };
         (ship, durable_rx)
     }
 
     fn lsn_durable(&self) -> Lsn {
         self.position.lock().lsn_durable
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn newest_snapshot_lsn(&self) -> Lsn {
+        *self.newest_snapshot.lock()
+    }
+
+    pub fn set_newest_snapshot(&self, lsn: Lsn) {
+        let mut newest = self.newest_snapshot.lock();
+        *newest = (*newest).max(lsn);
+    }
+
+    /// Remembers a manifest this writer created, so idle polls start from it.
+    pub fn note_manifest(&self, id: hadal_format::ManifestId) {
+        let mut known = self.manifest_id.lock();
+        *known = (*known).max(id);
+    }
+
+    /// Waits until `lsn` is durable; fails with the reason if the writer stopped first.
+    pub async fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        let mut rx = self.durable.subscribe();
+        loop {
+            {
+                let d = rx.borrow_and_update();
+                if d.lsn >= lsn {
+                    return Ok(());
+                }
+                if let Some(e) = &d.stopped {
+                    return Err(e.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Closed("the shipper is gone".into()));
+            }
+        }
+    }
+
+    /// Cancels a running budget snapshot and waits until it has let go of the database.
+    pub async fn cancel_snapshot(&self) {
+        let task = self.snapshot_task.lock().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Starts a snapshot in the background if the restore budget says one is due.
+    fn snapshot_if_due(self: &Arc<Self>) {
+        let image_bytes = u64::from(self.db.info().page_count) * u64::from(self.page_size);
+        if !self.budget.due(image_bytes) {
+            return;
+        }
+        let mut running = self.snapshot_task.lock();
+        if running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let ship = self.clone();
+        *running = Some(tokio::spawn(async move {
+            if let Err(e) = crate::snapshot::take(&ship).await {
+                tracing::warn!(error = %e, "snapshot failed; the log stays restorable without it");
+            }
+        }));
     }
 
     fn halt(&self, why: Error) {
@@ -186,6 +276,9 @@ impl ShipLoop {
             last_upload = Instant::now();
             if let Err(e) = self.ship_once().await {
                 return self.halt(e);
+            }
+            if !stopping {
+                self.snapshot_if_due();
             }
         }
     }
@@ -245,8 +338,10 @@ impl ShipLoop {
         let started = Instant::now();
         let size = encoded.len();
         self.upload(slot, Bytes::from(encoded), nonce).await?;
-        self.metrics
-            .record_upload(started.elapsed(), size, commit_count);
+        let took = started.elapsed();
+        self.metrics.record_upload(took, size, commit_count, last);
+        self.budget.measure(size, took);
+        self.budget.segment_uploaded(slot, last, size);
         {
             let mut p = self.position.lock();
             p.next_slot = slot.next();
@@ -262,7 +357,16 @@ impl ShipLoop {
     async fn upload(&self, slot: Slot, body: Bytes, nonce: Nonce) -> Result<()> {
         let key = keys::segment(slot);
         let mut delay = RETRY_DELAY_MIN;
+        let started = Instant::now();
         loop {
+            if started.elapsed() > self.upload_deadline {
+                // Whether the segment landed cannot be told: the writer gives up (DESIGN.md §3
+                // "Ambiguous writes"). The next writer's takeover finds out from the bucket.
+                return Err(Error::Indeterminate(format!(
+                    "no definite answer for {key} within {:?}; its commits may or may not be durable",
+                    self.upload_deadline
+                )));
+            }
             self.metrics.count_put();
             let outcome = match self
                 .log

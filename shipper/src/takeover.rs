@@ -21,6 +21,7 @@ use hadal_transports::Nonce;
 
 use crate::error::{Error, Result};
 use crate::manifest;
+use crate::snapshot::SinceSnapshot;
 
 /// Fence attempts before giving up against a busy incumbent (F6): each failed attempt means
 /// the old writer uploaded another segment meanwhile.
@@ -39,7 +40,24 @@ pub struct Position {
     /// The last LSN in the bucket (the fence's), now durable.
     pub lsn_durable: Lsn,
     pub manifest_id: hadal_format::ManifestId,
+    /// The newest published snapshot's LSN (zero if none).
+    pub snapshot_lsn: Lsn,
+    /// The log since that snapshot, for the restore budget.
+    pub since_snapshot: SinceSnapshot,
 }
+
+impl Position {
+    /// The fence's slot and LSN.
+    pub fn fence_slot(&self) -> (Slot, Lsn) {
+        (
+            self.next_slot.prev().unwrap_or(Slot::ZERO),
+            self.lsn_durable,
+        )
+    }
+}
+
+/// A segment's size when nothing better is known: small single-commit segments dominate.
+const SEGMENT_BYTES_GUESS: u64 = 16 * 1024;
 
 /// The end of the log before a fence.
 struct Tail {
@@ -101,11 +119,12 @@ pub async fn take_over(db: &Database, log: &BucketLog, now_ms: u64) -> Result<Po
     })
     .await?;
     let epoch = bumped.manifest.epoch();
-    let mut frontier = log
-        .frontier(Slot::new(
-            bumped.manifest.replay_start_slot.saturating_sub(1),
-        ))
-        .await?;
+    // The newest snapshot's slot is known to exist: probe the frontier from there.
+    let newest = bumped.manifest.snapshots.iter().max_by_key(|s| s.lsn);
+    let known = newest.map_or(bumped.manifest.replay_start_slot.saturating_sub(1), |s| {
+        s.slot
+    });
+    let mut frontier = log.frontier(Slot::new(known)).await?;
     for _ in 0..FENCE_ATTEMPTS_MAX {
         let tail = tail_before(log, frontier).await?;
         let nonce = Nonce::random();
@@ -140,6 +159,13 @@ pub async fn take_over(db: &Database, log: &BucketLog, now_ms: u64) -> Result<Po
                 prev_hash: hash,
                 lsn_durable: tail.lsn,
                 manifest_id: bumped.manifest.manifest_id(),
+                snapshot_lsn: Lsn::new(newest.map_or(0, |s| s.lsn)),
+                since_snapshot: SinceSnapshot {
+                    segments: frontier.get().saturating_sub(known),
+                    segment_bytes_guess: SEGMENT_BYTES_GUESS,
+                    snapshot: newest
+                        .map(|s| (s.parts.iter().map(|p| p.bytes).sum(), s.parts.len() as u64)),
+                },
             });
         }
         let now = log
