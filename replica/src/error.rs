@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Bucket,
     /// The local engine failed.
     Engine,
+    /// A replica has not applied the LSN a read asked for within the wait allowed.
+    Behind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,14 @@ pub enum Error {
     Bucket(#[from] hadal_transports::Error),
     #[error("local engine error: {0}")]
     Engine(#[from] hadal_engine::Error),
+    #[error(
+        "the replica has applied lsn {applied:?}, not yet {wanted:?}, after waiting {waited:?}; retry, or read from the writer"
+    )]
+    Behind {
+        wanted: hadal_format::Lsn,
+        applied: hadal_format::Lsn,
+        waited: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -38,6 +48,7 @@ impl Error {
             Error::Bucket(_) => ErrorKind::Bucket,
             Error::Engine(e) if e.kind() == hadal_engine::ErrorKind::Corrupt => ErrorKind::Corrupt,
             Error::Engine(_) => ErrorKind::Engine,
+            Error::Behind { .. } => ErrorKind::Behind,
         }
     }
 

@@ -104,12 +104,7 @@ pub async fn restore(
             ..Options::default()
         };
         let db = Database::open(&tmp, options)?;
-        let policy = hadal_transports::RetryPolicy {
-            delay_min: std::time::Duration::from_millis(10),
-            ..hadal_transports::RetryPolicy::default()
-        };
-        let bucket: DynBucket =
-            std::sync::Arc::new(hadal_transports::RetryingBucket::new(bucket, policy));
+        let bucket = with_retries(bucket);
         let restored = restore_into(&BucketLog::new(bucket), &db, target, progress).await?;
         // Leave a compact folder: the image in the main file, an empty WAL.
         db.checkpoint()?;
@@ -308,8 +303,7 @@ async fn replay(
     target: Target,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<(u64, u64)> {
-    let reached = |lsn: Lsn| matches!(target, Target::Lsn(l) if lsn >= l);
-    if reached(db.lsn()) {
+    if matches!(target, Target::Lsn(l) if db.lsn() >= l) {
         return Ok((0, 0));
     }
     let first = cursor.slot.get();
@@ -322,29 +316,10 @@ async fn replay(
             log.check_end(cursor.slot).await?;
             break;
         };
-        cursor.advance(&at.segment.header, at.hash)?;
         segments += 1;
         bytes += at.bytes as u64;
-        for c in at.segment.commits {
-            if c.lsn <= db.lsn() {
-                continue;
-            }
-            if let Target::Time(t) = target
-                && c.time_ms > t
-            {
-                return Ok((segments, bytes));
-            }
-            let lsn = c.lsn;
-            db.apply_commit(&commit_of(c), Durability::NoSync)
-                .map_err(|e| match e.kind() {
-                    hadal_engine::ErrorKind::Corrupt => {
-                        Error::corrupt(hadal_format::keys::segment(at.segment.header.slot), e)
-                    }
-                    _ => Error::Engine(e),
-                })?;
-            if reached(lsn) {
-                return Ok((segments, bytes));
-            }
+        if apply_segment(db, cursor, at, Some(target), Durability::NoSync)? {
+            return Ok((segments, bytes));
         }
         if let Some(report) = progress {
             report(Progress {
@@ -355,4 +330,51 @@ async fn replay(
         }
     }
     Ok((segments, bytes))
+}
+
+/// Verifies that `at` continues the chain at `cursor` and applies its commits past the local
+/// LSN through the follower path, stopping at `target`. Returns whether the target was reached.
+/// Applied commits came from the bucket, so they count as shipped (the WAL may let them go).
+pub(crate) fn apply_segment(
+    db: &Database,
+    cursor: &mut ChainCursor,
+    at: crate::log::SegmentAt,
+    target: Option<Target>,
+    durability: Durability,
+) -> Result<bool> {
+    let key = || hadal_format::keys::segment(at.segment.header.slot);
+    cursor.advance(&at.segment.header, at.hash)?;
+    let mut reached = false;
+    for c in at.segment.commits {
+        if c.lsn <= db.lsn() {
+            continue;
+        }
+        if let Some(Target::Time(t)) = target
+            && c.time_ms > t
+        {
+            reached = true;
+            break;
+        }
+        let lsn = c.lsn;
+        db.apply_commit(&commit_of(c), durability)
+            .map_err(|e| match e.kind() {
+                hadal_engine::ErrorKind::Corrupt => Error::corrupt(key(), e),
+                _ => Error::Engine(e),
+            })?;
+        db.set_lsn_shipped(lsn);
+        if matches!(target, Some(Target::Lsn(l)) if lsn >= l) {
+            reached = true;
+            break;
+        }
+    }
+    Ok(reached)
+}
+
+/// Restores and followers read through the retry decorator, with short delays.
+pub(crate) fn with_retries(bucket: DynBucket) -> DynBucket {
+    let policy = hadal_transports::RetryPolicy {
+        delay_min: std::time::Duration::from_millis(10),
+        ..hadal_transports::RetryPolicy::default()
+    };
+    std::sync::Arc::new(hadal_transports::RetryingBucket::new(bucket, policy))
 }

@@ -248,6 +248,22 @@ impl Shipper {
     }
 }
 
+/// Promotes a replica to the writer (DESIGN.md §3 "Replicas"): stops following, then takes
+/// over through the fencing sequence. The takeover fetches only the commits the replica has not
+/// applied yet. The replica's database must have been opened with `retain_unshipped` and the
+/// [`commit_hook`] of `wake`.
+pub async fn promote(
+    follower: hadal_replica::Follower,
+    options: ShipperOptions,
+    wake: Arc<Notify>,
+) -> Result<(Database, Shipper)> {
+    let bucket = follower.bucket().clone();
+    let db = follower.stop().await;
+    tracing::info!(lsn = db.lsn().get(), "promoting this replica to the writer");
+    let shipper = Shipper::start(db.clone(), bucket, options, wake).await?;
+    Ok((db, shipper))
+}
+
 impl Drop for Shipper {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
