@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod boundary;
 mod checksum;
 mod error;
 mod hash;

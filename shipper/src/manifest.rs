@@ -3,6 +3,7 @@
 //! the object back and comparing its nonce.
 
 use bytes::Bytes;
+use hadal_format::boundary::{Boundary, MANIFEST_BOUNDARY};
 use hadal_format::keys;
 use hadal_format::manifest::Manifest;
 use hadal_replica::{BucketLog, ManifestAt};
@@ -50,10 +51,29 @@ pub(crate) async fn create(log: &BucketLog, manifest: &mut Manifest) -> Result<O
     let key = keys::manifest(manifest.manifest_id());
     let bytes = Bytes::from(bytes);
     let ours = create_resolved(log, &key, bytes, nonce).await?;
+    if ours && below_boundary(log, manifest.id).await? {
+        tracing::warn!(
+            key,
+            "created a manifest id that GC had already collected (a stale writer): treating it as a conflict"
+        );
+        return Ok(None);
+    }
     Ok(ours.then(|| ManifestAt {
         manifest: manifest.clone(),
         hash,
     }))
+}
+
+/// Whether manifest `id` is at or below `gc/manifest.boundary` (DESIGN.md §3): then our create
+/// recreated a name GC had deleted, and must count as a conflict.
+async fn below_boundary(log: &BucketLog, id: u64) -> Result<bool> {
+    let key = keys::gc_boundary(MANIFEST_BOUNDARY);
+    let Some(object) = log.bucket().get(&key).await? else {
+        return Ok(false);
+    };
+    let boundary =
+        Boundary::decode(&object.bytes).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?;
+    Ok(id <= boundary.value)
 }
 
 /// Applies `modify` to the latest manifest and publishes the result as the next one.
@@ -79,4 +99,45 @@ pub(crate) async fn update(
         "gave up updating the manifest of {} after {MANIFEST_UPDATE_ATTEMPTS_MAX} conflicts",
         log.bucket().name()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hadal_transports::{Bucket, MemoryBucket};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_create_at_or_below_the_gc_boundary_is_a_conflict() {
+        // Proves a stale writer that recreates a collected manifest id is told it lost: manifests
+        // 1..=3 exist, GC advanced the boundary to 2 and deleted 1 and 2; a create of id 2 lands
+        // (the name is free) but must count as a conflict, while id 4 is ours.
+        let memory = Arc::new(MemoryBucket::new());
+        let log = BucketLog::new(memory.clone());
+        let mut m = Manifest::first([1; 16], 4096, 0);
+        for _ in 0..3 {
+            let at = create(&log, &mut m).await.expect("create").expect("ours");
+            m = at.manifest.successor(at.hash, 0);
+        }
+        let boundary = Boundary::new(MANIFEST_BOUNDARY, 2, 0)
+            .encode()
+            .expect("encode");
+        memory
+            .put(&keys::gc_boundary(MANIFEST_BOUNDARY), boundary.into())
+            .await
+            .expect("boundary");
+        for id in [1, 2] {
+            memory
+                .delete(&keys::manifest(hadal_format::ManifestId::new(id)))
+                .await
+                .expect("delete");
+        }
+        let mut stale = Manifest::first([1; 16], 4096, 0);
+        stale.id = 2;
+        stale.prev_hash = Some(hadal_format::ObjectHash::ZERO.to_hex());
+        assert!(create(&log, &mut stale).await.expect("create").is_none());
+        assert!(create(&log, &mut m).await.expect("create").is_some());
+    }
 }
