@@ -178,6 +178,28 @@ pub async fn restore_into(
                 Lsn::new(snap.lsn),
                 db.begin_read().checksum(),
             );
+        } else if manifest.replay_start_slot > 1 {
+            // GC trimmed the log: without a snapshot at or below it, the target is gone.
+            let oldest = manifest.snapshots.iter().min_by_key(|s| s.lsn);
+            return Err(Error::Invalid(match oldest {
+                Some(o) => format!(
+                    "{} is before the oldest restorable point, lsn {} committed at {} (the retention window is {}); restore a later point",
+                    describe(target),
+                    o.lsn,
+                    humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(o.time_ms)
+                    ),
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        manifest.retention_ms
+                    )),
+                ),
+                None => format!(
+                    "the log of {} starts at slot {} and no snapshot covers {}",
+                    log.bucket().name(),
+                    manifest.replay_start_slot,
+                    describe(target)
+                ),
+            }));
         } else {
             cursor.slot = manifest.replay_start();
         }
@@ -207,6 +229,19 @@ pub async fn restore_into(
         bytes,
         cursor,
     })
+}
+
+fn describe(target: Target) -> String {
+    match target {
+        Target::Head => "the head".into(),
+        Target::Lsn(l) => format!("lsn {}", l.get()),
+        Target::Time(t) => format!(
+            "time {}",
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(t)
+            )
+        ),
+    }
 }
 
 /// Downloads a snapshot's parts in parallel and installs the image into an empty `db`.

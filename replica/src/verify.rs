@@ -144,6 +144,15 @@ async fn verify_segments(
         slots.push(keys::parse_segment(&key).map_err(|e| Error::format(&key, e))?);
     }
     slots.sort();
+    // Below the replay start GC keeps only fences and objects within its grace age: each must
+    // still be intact, but they need not be dense.
+    let start = Slot::new(latest.replay_start_slot.max(1));
+    let (below, slots): (Vec<Slot>, Vec<Slot>) = slots.into_iter().partition(|s| *s < start);
+    for slot in below {
+        log.segment(slot)
+            .await?
+            .ok_or_else(|| Error::corrupt(keys::segment(slot), "listed, then missing"))?;
+    }
     let mut at_lsn = BTreeMap::new();
     let (Some(first), Some(last)) = (slots.first().copied(), slots.last().copied()) else {
         return Ok(at_lsn);
@@ -158,12 +167,12 @@ async fn verify_segments(
             ),
         ));
     }
-    if first.get() > latest.replay_start_slot {
+    if first != start {
         return Err(Error::corrupt(
-            keys::segment(Slot::new(latest.replay_start_slot)),
+            keys::segment(start),
             format!(
-                "missing: the manifest replays from slot {} but the log starts at slot {}",
-                latest.replay_start_slot,
+                "missing: the manifest replays from slot {} but the log resumes at slot {}",
+                start.get(),
                 first.get()
             ),
         ));

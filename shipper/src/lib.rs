@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod gc;
 mod manifest;
 mod metrics;
 mod ship;
