@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin_cmd;
 mod bucket_cmd;
 mod kv_cmd;
 mod restore_cmd;
@@ -46,6 +47,14 @@ enum Command {
     /// Rebuild a database from its bucket alone: at its head, an LSN (--lsn) or a time (--time),
     /// into a new folder.
     Restore(restore_cmd::RestoreArgs),
+    /// Prove a bucket's history intact: manifests, every segment's hash and chain link, dense
+    /// slots, epochs and fences, checksum continuity, snapshots against the log. Names the first
+    /// damaged object and exits non-zero.
+    Verify(admin_cmd::VerifyArgs),
+    /// Delete what no restore inside the retention window, no pin and the head need.
+    Gc(admin_cmd::GcArgs),
+    /// What is in a bucket: head, epoch, snapshots, retention, pins, objects and their cost.
+    Info(admin_cmd::InfoArgs),
     /// Check a data folder's integrity: page checksums, tree order, free-list accounting and
     /// the state checksum. Exits non-zero if anything is wrong.
     Check {
@@ -68,6 +77,9 @@ fn main() -> ExitCode {
         Command::Check { data } => kv_cmd::check(&data),
         Command::Bucket { cmd } => bucket_cmd::run(cmd),
         Command::Restore(args) => restore_cmd::run(args),
+        Command::Verify(args) => admin_cmd::verify(args),
+        Command::Gc(args) => admin_cmd::gc(args),
+        Command::Info(args) => admin_cmd::info(args),
     };
     match result {
         Ok(code) => code,

@@ -348,6 +348,9 @@ async fn replay(
     let (mut segments, mut bytes) = (0u64, 0u64);
     while let Some(fetched) = fetches.next().await {
         let Some(at) = fetched? else {
+            // Drop the fetches still parked ahead first: a store serving one connection at a
+            // time (moto) would otherwise wait on a request that is never driven.
+            drop(fetches);
             log.check_end(cursor.slot).await?;
             break;
         };

@@ -233,7 +233,10 @@ impl ShipLoop {
     }
 
     fn halt(&self, why: Error) {
-        tracing::error!(error = %why, "shipper stopped");
+        match &why {
+            Error::Closed(_) => tracing::debug!(error = %why, "shipper stopped"),
+            _ => tracing::error!(error = %why, "shipper stopped"),
+        }
         self.durable.send_modify(|d| d.stopped = Some(why));
     }
 
