@@ -33,7 +33,7 @@ const BINDING_BYTES_MAX: u64 = 64 * 1024;
 fn parse(url: &str) -> Result<BucketUrl> {
     let parsed = BucketUrl::parse(url).map_err(|source| Error::Bucket {
         url: url.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(match parsed {
         BucketUrl::File { path } => BucketUrl::File {
@@ -74,11 +74,8 @@ pub fn read(dir: &Path) -> Result<Option<String>> {
         Err(e) => return Err(Error::io("open", &path, e)),
     };
     let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut std::io::Read::take(file, BINDING_BYTES_MAX),
-        &mut text,
-    )
-    .map_err(|e| Error::io("read", &path, e))?;
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, BINDING_BYTES_MAX), &mut text)
+        .map_err(|e| Error::io("read", &path, e))?;
     let url = text.lines().next().unwrap_or("").trim();
     if url.is_empty() {
         return Err(Error::io(

@@ -61,13 +61,13 @@ pub enum Error {
     #[error("opening bucket {url}: {source}")]
     Bucket {
         url: String,
-        source: hadal_transports::Error,
+        source: Box<hadal_transports::Error>,
     },
     #[error("restoring {dir} from {bucket}: {source}")]
     Restore {
         dir: String,
         bucket: String,
-        source: hadal_replica::Error,
+        source: Box<hadal_replica::Error>,
     },
     #[error("i/o error during {op} on {path}: {source}")]
     Io {

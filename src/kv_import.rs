@@ -90,6 +90,17 @@ fn parse(mut line: &[u8], number: u64) -> anyhow::Result<Option<(Vec<u8>, Vec<u8
     Ok(Some((line[..tab].to_vec(), line[tab + 1..].to_vec())))
 }
 
+/// Says in plain words what a fence means for an import.
+fn stopped(e: hadal::Error) -> anyhow::Error {
+    let fenced = e.kind() == hadal::ErrorKind::Fenced;
+    let e = anyhow::Error::from(e);
+    if fenced {
+        e.context("another writer took over the bucket")
+    } else {
+        e
+    }
+}
+
 /// The import loop's state.
 struct Pipeline {
     pending: VecDeque<(WriteHandle, Vec<u8>)>,
@@ -120,7 +131,7 @@ impl Pipeline {
     /// Acknowledges the pending commits in order until one fails.
     async fn drain(&mut self) -> anyhow::Result<()> {
         while let Some(front) = self.pending.front().map(|(h, _)| h.clone()) {
-            front.durable().await?;
+            front.durable().await.map_err(stopped)?;
             self.ack_front()?;
         }
         Ok(())
@@ -158,7 +169,7 @@ pub async fn import(
                 }
             }, if front.is_some() => {
                 if let Err(e) = durable {
-                    failure = Some(e.into());
+                    failure = Some(stopped(e));
                     break;
                 }
                 p.ack_front()?;
@@ -185,7 +196,7 @@ pub async fn import(
                         p.pending.push_back((handle, key));
                     }
                     Err(e) => {
-                        failure = Some(anyhow::Error::from(e).context(format!("committing line {number}")));
+                        failure = Some(stopped(e).context(format!("committing line {number}")));
                         reading = false;
                     }
                 }

@@ -47,7 +47,7 @@ pub(crate) async fn attach(
         .await
         .map_err(|source| Error::Bucket {
             url: url.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
     let newly_bound = match binding::read(dir)? {
@@ -168,16 +168,19 @@ async fn search_shared(
         return Ok(checkpoint);
     };
     let start = latest.manifest.replay_start();
-    let frontier = log.frontier(Slot::new(start.get().saturating_sub(1))).await?;
+    let frontier = log
+        .frontier(Slot::new(start.get().saturating_sub(1)))
+        .await?;
     let header = |slot: Slot| async move {
         log.segment_header(slot)
             .await?
             .map(|(h, _)| h)
-            .ok_or_else(|| hadal_replica::Error::Invalid(format!("{slot:?} vanished below the frontier")))
+            .ok_or_else(|| {
+                hadal_replica::Error::Invalid(format!("{slot:?} vanished below the frontier"))
+            })
     };
-    let agrees = |lsn: Lsn, checksum: StateChecksum| {
-        lsn <= checkpoint || local.get(&lsn) == Some(&checksum)
-    };
+    let agrees =
+        |lsn: Lsn, checksum: StateChecksum| lsn <= checkpoint || local.get(&lsn) == Some(&checksum);
     // The first slot whose last commit the local folder does not share.
     let (mut lo, mut hi) = (start.get(), frontier.get());
     while lo < hi {
@@ -247,7 +250,7 @@ async fn set_aside_and_restore(
         .map_err(|source| Error::Restore {
             dir: dir.display().to_string(),
             bucket: url.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     binding::write(dir, url)
 }

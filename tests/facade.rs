@@ -82,10 +82,7 @@ async fn a_local_only_database_reads_writes_scans_and_reopens() {
     assert_eq!(db.get("a2").await.expect("get").as_deref(), Some(&b"y"[..]));
     let prefix = db.scan(Scan::prefix("a")).await.expect("scan");
     assert_eq!(prefix.len(), 2);
-    let reverse = db
-        .scan(Scan::all().reverse().limit(2))
-        .await
-        .expect("scan");
+    let reverse = db.scan(Scan::all().reverse().limit(2)).await.expect("scan");
     assert_eq!(&reverse[0].0[..], b"c1");
     assert_eq!(&reverse[1].0[..], b"b1");
     let page2 = db
@@ -148,7 +145,11 @@ async fn exercise_mode(mode: Durability) {
     assert!(db.epoch().is_some());
     let mut handles = Vec::new();
     for i in 0..20 {
-        handles.push(db.put(format!("k{i:02}"), format!("v{i}")).await.expect("put"));
+        handles.push(
+            db.put(format!("k{i:02}"), format!("v{i}"))
+                .await
+                .expect("put"),
+        );
     }
     let last = handles.last().expect("handles").clone();
     match mode {
@@ -253,7 +254,10 @@ async fn a_bound_folder_refuses_writes_without_its_bucket_and_other_buckets() {
     // A relative file URL naming the same folder is the same bucket.
     let relative = format!(
         "file://./{}",
-        pathdiff(&dir.path().join("bucket"), &std::env::current_dir().expect("cwd"))
+        pathdiff(
+            &dir.path().join("bucket"),
+            &std::env::current_dir().expect("cwd")
+        )
     );
     let db = Database::open(options(&data, Some(&relative), Durability::Strict))
         .await
@@ -281,9 +285,13 @@ async fn an_unbound_folder_with_another_history_is_refused_and_left_unbound() {
     // different database: the open fails, names both, and the folder stays unbound and intact.
     let dir = tempfile::tempdir().expect("tempdir");
     let url = bucket_url(dir.path(), "bucket");
-    let shipped = Database::open(options(&dir.path().join("a"), Some(&url), Durability::Strict))
-        .await
-        .expect("open a");
+    let shipped = Database::open(options(
+        &dir.path().join("a"),
+        Some(&url),
+        Durability::Strict,
+    ))
+    .await
+    .expect("open a");
     for i in 0..3 {
         shipped.put(format!("a{i}"), "a").await.expect("put");
     }
@@ -485,9 +493,13 @@ async fn two_databases_on_one_bucket_the_first_is_fenced_and_no_ack_is_lost() {
     // after the fence, and every write either acknowledged is in the restored bucket.
     let dir = tempfile::tempdir().expect("tempdir");
     let url = bucket_url(dir.path(), "bucket");
-    let a = Database::open(options(&dir.path().join("a"), Some(&url), Durability::Strict))
-        .await
-        .expect("a");
+    let a = Database::open(options(
+        &dir.path().join("a"),
+        Some(&url),
+        Durability::Strict,
+    ))
+    .await
+    .expect("a");
     let writer = {
         let a = a.clone();
         tokio::spawn(async move {
@@ -501,8 +513,7 @@ async fn two_databases_on_one_bucket_the_first_is_fenced_and_no_ack_is_lost() {
                 }
                 i += 1;
                 while pending.len() > 32 {
-                    let (h, n): (hadal::WriteHandle, u64) =
-                        pending.pop_front().expect("non-empty");
+                    let (h, n): (hadal::WriteHandle, u64) = pending.pop_front().expect("non-empty");
                     if h.durable().await.is_ok() {
                         acked.push((h.lsn, n));
                     }
@@ -523,9 +534,13 @@ async fn two_databases_on_one_bucket_the_first_is_fenced_and_no_ack_is_lost() {
         })
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let b = Database::open(options(&dir.path().join("b"), Some(&url), Durability::Strict))
-        .await
-        .expect("b takes over");
+    let b = Database::open(options(
+        &dir.path().join("b"),
+        Some(&url),
+        Durability::Strict,
+    ))
+    .await
+    .expect("b takes over");
     let fence_lsn = b.lsn();
     let (acked_a, refusal, _) = writer.await.expect("writer");
     assert_eq!(refusal.kind(), ErrorKind::Fenced, "{refusal}");
@@ -539,7 +554,10 @@ async fn two_databases_on_one_bucket_the_first_is_fenced_and_no_ack_is_lost() {
     assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
     let mut acked_b = Vec::new();
     for i in 0..20 {
-        let h = b.put(format!("b{i:06}"), format!("vb{i}")).await.expect("put");
+        let h = b
+            .put(format!("b{i:06}"), format!("vb{i}"))
+            .await
+            .expect("put");
         h.durable().await.expect("durable");
         acked_b.push(h.lsn);
     }
