@@ -11,7 +11,8 @@
 //! Invariants:
 //! 1. The binding is on disk before the shipper may upload anything from the folder.
 //! 2. A folder that was not bound before this open and turns out to hold another history is
-//!    refused and unbound again, never moved aside: its data was never the bucket's.
+//!    refused and unbound again, never moved aside: its data was never the bucket's. Any other
+//!    failed first open unbinds it too, as nothing was shipped from it.
 //! 3. At most one set-aside per open: a folder freshly restored from the bucket cannot diverge
 //!    from it, so a second `Diverged` is returned as an error instead of looping.
 
@@ -64,6 +65,32 @@ pub(crate) async fn attach(
             true
         }
     };
+    let attached = take_over(
+        dir,
+        url,
+        bucket,
+        newly_bound,
+        engine_options,
+        shipper_options,
+    )
+    .await;
+    if attached.is_err() && newly_bound {
+        // A failed start shipped nothing from the folder (the upload loop starts only after a
+        // successful takeover), so the binding this open made is not needed (invariant 2).
+        binding::remove(dir)?;
+    }
+    attached
+}
+
+/// Opens the engine and starts the shipper, setting a diverged folder aside at most once.
+async fn take_over(
+    dir: &Path,
+    url: &str,
+    bucket: DynBucket,
+    newly_bound: bool,
+    engine_options: &EngineOptions,
+    shipper_options: &ShipperOptions,
+) -> Result<Attached> {
     let mut set_aside = false;
     loop {
         let wake = Arc::new(Notify::new());
@@ -92,7 +119,6 @@ pub(crate) async fn attach(
         };
         if newly_bound {
             drop(engine);
-            binding::remove(dir)?;
             if local_lsn == Lsn::ZERO {
                 return Err(Error::Shipper(hadal_shipper::Error::Diverged {
                     local_lsn,

@@ -318,6 +318,30 @@ async fn an_unbound_folder_with_another_history_is_refused_and_left_unbound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_open_leaves_the_folder_unbound() {
+    // Proves a binding is undone when the first open with a bucket fails (here: the bucket's
+    // database uses another page size), so the folder is not bound to a bucket it never
+    // shipped to, and the failure names the cause.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = bucket_url(dir.path(), "bucket");
+    let db = Database::open(options(
+        &dir.path().join("a"),
+        Some(&url),
+        Durability::Strict,
+    ))
+    .await
+    .expect("a");
+    db.put("k", "v").await.expect("put");
+    db.close().await.expect("close");
+    let other = dir.path().join("other");
+    let mut o = options(&other, Some(&url), Durability::Strict);
+    o.engine.page_size = 8192;
+    let err = Database::open(o).await.expect_err("page size mismatch");
+    assert!(err.to_string().contains("8192"), "{err}");
+    assert!(!other.join(hadal::BINDING_FILE_NAME).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopened_folder_catches_up_when_behind_and_ships_when_ahead() {
     // Proves close-then-reopen continues: a folder behind the bucket (another folder wrote
     // meanwhile) catches up; a folder ahead (it crashed before shipping) ships its commits.
