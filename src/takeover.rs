@@ -134,6 +134,8 @@ async fn take_over(
                 detail,
             });
         }
+        // Reads the local WAL on the runtime thread: a rare recovery path, bounded by the
+        // unshipped tail, not worth a blocking-pool hop.
         let lsn_shared = shared_prefix(&engine, &bucket).await;
         // Close the engine (its background thread is joined) before touching the folder.
         drop(engine);
