@@ -1,11 +1,13 @@
-//! The `hadal` command: a local key-value shell (`hadal kv`), an integrity checker
-//! (`hadal check`) and, as the project grows, the server, replicas and bucket tools.
+//! The `hadal` command: a key-value shell over the embedded facade (`hadal kv`, optionally
+//! shipping to a bucket), restores, an integrity checker (`hadal check`), bucket qualification
+//! and, as the project grows, the server and replicas.
 
 #![forbid(unsafe_code)]
 
 mod admin_cmd;
 mod bucket_cmd;
 mod kv_cmd;
+mod kv_import;
 mod restore_cmd;
 
 use std::path::PathBuf;
@@ -27,17 +29,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Read and write keys in a local data folder.
-    Kv {
-        /// The data folder (created if missing).
-        #[arg(long, env = "HADAL_DATA", default_value = "./hadal-data")]
-        data: PathBuf,
-        /// The table to use.
-        #[arg(long, default_value = hadal_engine::DEFAULT_TABLE)]
-        table: String,
-        #[command(subcommand)]
-        verb: kv_cmd::Verb,
-    },
+    /// Read and write keys in a data folder; with --bucket, every write is shipped to the
+    /// bucket, the database's durable home.
+    Kv(kv_cmd::KvArgs),
     /// Qualify an object store before trusting it with data: conditional-write self-test and a
     /// short contract smoke, printed as a pass/fail table.
     Bucket {
@@ -73,7 +67,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Kv { data, table, verb } => kv_cmd::run(&data, &table, verb),
+        Command::Kv(args) => kv_cmd::run(args),
         Command::Check { data } => kv_cmd::check(&data),
         Command::Bucket { cmd } => bucket_cmd::run(cmd),
         Command::Restore(args) => restore_cmd::run(args),
