@@ -2,6 +2,8 @@
 //! every LSN it reports, it keeps following across a writer takeover, it answers `min_lsn`
 //! waits, it can be promoted to the writer, and a damaged segment stops it by name.
 
+mod stores;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,6 +175,24 @@ async fn follows_across_a_takeover_on_file() {
     let url = format!("file://{}", dir.path().join("bucket").display());
     let bucket = hadal_transports::open(&url).await.expect("open");
     follows_a_live_primary_across_a_takeover(bucket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_across_a_takeover_on_moto() {
+    // The same through the S3 transport against moto (started by the test).
+    let Some(store) = stores::Store::moto("follows_across_a_takeover_on_moto").await else {
+        return;
+    };
+    follows_a_live_primary_across_a_takeover(store.bucket("follow").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_across_a_takeover_on_azurite() {
+    // The same through the Azure transport against Azurite (started by the test).
+    let Some(store) = stores::Store::azurite("follows_across_a_takeover_on_azurite").await else {
+        return;
+    };
+    follows_a_live_primary_across_a_takeover(store.bucket("follow").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
