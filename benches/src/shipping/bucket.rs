@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use hadal_transports::{
-    Bucket, ByteRange, Capabilities, Created, Error, ListStream, NONCE_METADATA_KEY, Nonce,
-    Object, ObjectInfo, Op, Result, Swapped, Version, validate_key,
+    Bucket, ByteRange, Capabilities, Created, Error, ListStream, NONCE_METADATA_KEY, Nonce, Object,
+    ObjectInfo, Op, Result, Swapped, Version, validate_key,
 };
 use object_store::path::Path;
 use object_store::{

@@ -106,8 +106,7 @@ struct Shared {
 
 impl Shared {
     fn next_wait(&self) -> Duration {
-        self.model
-            .draw(self.draws.fetch_add(1, Ordering::Relaxed))
+        self.model.draw(self.draws.fetch_add(1, Ordering::Relaxed))
     }
 
     async fn wait(&self) {
@@ -401,7 +400,12 @@ mod tests {
         store.get(&Path::from("db/other")).await.expect("get");
         let counts = store.counts();
         assert_eq!(
-            (counts.puts, counts.put_bytes, counts.log_puts, counts.log_put_bytes),
+            (
+                counts.puts,
+                counts.put_bytes,
+                counts.log_puts,
+                counts.log_put_bytes
+            ),
             (3, 35, 2, 30)
         );
         assert_eq!(counts.gets, 1);

@@ -86,11 +86,7 @@ impl From<&Latencies> for Summary {
 
 /// `count` PUTs of 1 KiB through a fresh latency store with `model`, `parallel` at a time.
 pub async fn bare_puts(model: LatencyModel, count: usize, parallel: usize) -> Result<Summary> {
-    let store = LatencyStore::new(
-        Arc::new(object_store::memory::InMemory::new()),
-        model,
-        "",
-    );
+    let store = LatencyStore::new(Arc::new(object_store::memory::InMemory::new()), model, "");
     let per_worker = count.div_ceil(parallel.max(1));
     let mut workers = Vec::new();
     for w in 0..parallel.max(1) {
@@ -234,17 +230,31 @@ struct StepState {
     error: Mutex<Option<anyhow::Error>>,
 }
 
-/// Offers `rate` single-key commits per second for `warmup` (not measured) then `duration`.
-/// A commit is late when it took longer than `threshold` from its scheduled time; the step stops
-/// issuing once more than 1% of its planned measured commits are certain to be late.
+/// How each open-loop step runs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepShape {
+    /// Issued at the step's rate first, not measured.
+    pub warmup: Duration,
+    /// The measured window.
+    pub duration: Duration,
+    /// A commit slower than this (from its scheduled time) is late.
+    pub threshold: Duration,
+}
+
+/// Offers `rate` single-key commits per second for `shape.warmup` (not measured), then
+/// `shape.duration`. The step stops issuing once more than 1% of its planned measured commits
+/// are certain to be late.
 pub async fn open_loop_step(
     system: &Arc<System>,
     next: &Arc<AtomicU64>,
     rate: f64,
-    warmup: Duration,
-    duration: Duration,
-    threshold: Duration,
+    shape: StepShape,
 ) -> Result<OpenStep> {
+    let StepShape {
+        warmup,
+        duration,
+        threshold,
+    } = shape;
     if rate <= 0.0 || !rate.is_finite() {
         bail!("offered rate {rate} must be a positive number of commits per second");
     }
@@ -337,7 +347,10 @@ pub async fn open_loop_step(
         measured,
         seconds,
         completed_per_s: measured as f64
-            / drained.duration_since(window_started).as_secs_f64().max(1e-9),
+            / drained
+                .duration_since(window_started)
+                .as_secs_f64()
+                .max(1e-9),
         sustained: !stopped_early && measured > 0 && latency.p99_ms <= threshold_ms,
         latency,
         stopped_early,
@@ -357,16 +370,14 @@ pub async fn open_loop_search(
     next: &Arc<AtomicU64>,
     ladder: &[f64],
     refine: usize,
-    warmup: Duration,
-    duration: Duration,
-    threshold: Duration,
+    shape: StepShape,
     mut on_step: impl FnMut(&OpenStep),
 ) -> Result<Vec<OpenStep>> {
     let mut steps = Vec::new();
     let mut passed: Option<f64> = None;
     let mut failed: Option<f64> = None;
     for &rate in ladder {
-        let step = open_loop_step(system, next, rate, warmup, duration, threshold).await?;
+        let step = open_loop_step(system, next, rate, shape).await?;
         on_step(&step);
         let ok = step.sustained;
         steps.push(step);
@@ -385,7 +396,7 @@ pub async fn open_loop_search(
         if mid <= lo || mid >= hi {
             break;
         }
-        let step = open_loop_step(system, next, mid, warmup, duration, threshold).await?;
+        let step = open_loop_step(system, next, mid, shape).await?;
         on_step(&step);
         if step.sustained {
             passed = Some(mid);

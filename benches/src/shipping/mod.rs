@@ -176,9 +176,11 @@ async fn run_system(
         &next,
         &plan.ladder,
         plan.refine,
-        plan.warmup,
-        plan.step,
-        threshold,
+        load::StepShape {
+            warmup: plan.warmup,
+            duration: plan.step,
+            threshold,
+        },
         |step| {
             progress(&format!(
                 "{label}: open loop {:.0}/s: p50 {:.1} ms, p99 {:.1} ms, {:.0} completed/s{}{}",
