@@ -208,7 +208,7 @@ pub fn table(results: &Results) -> String {
         let (h, s) = (rate(SystemName::Hadal), rate(SystemName::Slatedb));
         let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
         let ratio = match (h, s) {
-            (Some(h), Some(s)) if s > 0.0 => format!("{:.2}x", h / s),
+            (Some(h), Some(s)) if s > 0.0 => format!("{:.3}x", h / s),
             _ => "-".to_string(),
         };
         let _ = writeln!(
