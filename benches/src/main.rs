@@ -1,19 +1,23 @@
-//! `hadal-benches`: benchmarks Hadal's engine against redb and LMDB in one process run, on the
-//! four workloads of issue 2, item 5 (methodology in `benches/README.md`).
+//! `hadal-benches`: benchmarks Hadal against other systems in one process run (methodology in
+//! `benches/README.md`):
 //!
-//! `cargo run --release -p hadal-benches -- engine` prints the table and writes
-//! `target/hadal-bench/engine.json` under the workspace root. Every engine gets a fresh folder on
-//! the same disk as the repository (not tmpfs, so durable commits really reach the disk), the
-//! same generated data, and the same loops; every read result is checked against the data.
+//! * `engine`: the local engine against redb and LMDB on the four workloads of issue 2, item 5.
+//!   Prints the table and writes `target/hadal-bench/engine.json` under the workspace root. Every
+//!   engine gets a fresh folder on the same disk as the repository (not tmpfs, so durable commits
+//!   really reach the disk), the same generated data, and the same loops; every read result is
+//!   checked against the data.
+//! * `shipping`: strict shipping against SlateDB on one latency-injected in-memory object store
+//!   (issue 4, item 6). Prints the table and writes `target/hadal-bench/shipping.json`.
 
 mod engines;
 mod meter;
 mod report;
+mod shipping;
 mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -22,10 +26,14 @@ use serde_json::json;
 use crate::engines::{Engine, Hadal, Lmdb, Redb};
 use crate::meter::{Measurement, Meter};
 use crate::report::{EngineRun, Report, Target, Workload};
+use crate::shipping::latency::LatencyModel;
+use crate::shipping::systems::SystemName;
 use crate::workload::{BATCH_KEYS, Dataset, SCAN_COUNT, SCAN_KEYS, SINGLE_COMMITS, Tally};
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmarks Hadal's engine against redb and LMDB in the same run.")]
+#[command(
+    about = "Benchmarks Hadal's engine against redb and LMDB, and its shipping against SlateDB."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,6 +43,36 @@ struct Cli {
 enum Command {
     /// Workloads (a)-(d) of issue 2 on Hadal, redb and LMDB.
     Engine(EngineArgs),
+    /// Items (a)-(e) of issue 4: strict shipping against SlateDB on one latency-injected store.
+    Shipping(ShippingArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ShippingArgs {
+    /// Mean latency of every object-store request, in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    put_ms: f64,
+    /// Each request's latency is uniform in put-ms ± jitter-ms.
+    #[arg(long, default_value_t = 10.0)]
+    jitter_ms: f64,
+    /// Seed of the latency draws (both systems get the same sequence).
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+    /// SlateDB's `flush_interval`, in milliseconds (1 is its best for latency; its default is 100).
+    #[arg(long, default_value_t = 1.0)]
+    slatedb_flush_ms: f64,
+    /// Systems to run, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "hadal,slatedb")]
+    only: Vec<SystemName>,
+    /// A smoke run of a few seconds per system (short phases, coarse open-loop ladder).
+    #[arg(long)]
+    quick: bool,
+    /// Folder for Hadal's local files [default: <workspace>/target/hadal-bench/scratch].
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Where to write the JSON [default: <workspace>/target/hadal-bench/shipping.json].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,8 +99,85 @@ enum EngineName {
 }
 
 fn main() -> Result<()> {
-    let Command::Engine(args) = Cli::parse().command;
-    run_engine_benchmark(&args)
+    match Cli::parse().command {
+        Command::Engine(args) => run_engine_benchmark(&args),
+        Command::Shipping(args) => run_shipping_benchmark(&args),
+    }
+}
+
+fn millis(value: f64, flag: &str) -> Result<Duration> {
+    ensure!(
+        value.is_finite() && value >= 0.0,
+        "{flag} must be a number of milliseconds, not {value}"
+    );
+    Ok(Duration::from_secs_f64(value / 1000.0))
+}
+
+fn run_shipping_benchmark(args: &ShippingArgs) -> Result<()> {
+    let model = LatencyModel {
+        mean: millis(args.put_ms, "--put-ms")?,
+        jitter: millis(args.jitter_ms, "--jitter-ms")?,
+        seed: args.seed,
+    };
+    ensure!(
+        model.jitter <= model.mean,
+        "--jitter-ms ({}) must not exceed --put-ms ({})",
+        args.jitter_ms,
+        args.put_ms
+    );
+    ensure!(args.put_ms >= 1.0, "--put-ms must be at least 1");
+    let flush = millis(args.slatedb_flush_ms, "--slatedb-flush-ms")?;
+    ensure!(!flush.is_zero(), "--slatedb-flush-ms must be above 0");
+    let systems: Vec<SystemName> = {
+        let mut out = Vec::new();
+        for &name in &args.only {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    };
+    ensure!(!systems.is_empty(), "--only names no system");
+    let plan = if args.quick {
+        shipping::Plan::quick(model, flush, systems)
+    } else {
+        shipping::Plan::full(model, flush, systems)
+    };
+
+    let root = workspace_root();
+    let bench_dir = root.join("target").join("hadal-bench");
+    let scratch = args
+        .scratch
+        .clone()
+        .unwrap_or_else(|| bench_dir.join("scratch"));
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("create scratch folder {}", scratch.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    let results = runtime.block_on(shipping::run(&plan, &scratch))?;
+    print!("{}", shipping::report::table(&results));
+
+    let mut doc = shipping::report::json(&results);
+    let mut versions = serde_json::Map::new();
+    for name in ["hadal-shipper", "slatedb", "object_store"] {
+        versions.insert(name.to_string(), json!(locked_version(&root, name)));
+    }
+    doc["versions"] = serde_json::Value::Object(versions);
+    doc["machine"] = machine();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| bench_dir.join("shipping.json"));
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("write {}", out.display()))?;
+    progress(&format!("wrote {}", out.display()));
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
@@ -310,23 +425,26 @@ fn folder_bytes(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// The version of package `name` in the workspace's `Cargo.lock` ("unknown" if absent).
+fn locked_version(root: &Path, name: &str) -> String {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let header = format!("name = \"{name}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == header {
+            let version = lines.next().unwrap_or_default();
+            return version
+                .trim_start_matches("version = \"")
+                .trim_end_matches('"')
+                .to_string();
+        }
+    }
+    "unknown".to_string()
+}
+
 /// Exact versions of the engines under test, from the workspace's `Cargo.lock`.
 fn versions(root: &Path) -> Vec<(&'static str, String)> {
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
-    let locked = |name: &str| {
-        let header = format!("name = \"{name}\"");
-        let mut lines = lock.lines();
-        while let Some(line) = lines.next() {
-            if line == header {
-                let version = lines.next().unwrap_or_default();
-                return version
-                    .trim_start_matches("version = \"")
-                    .trim_end_matches('"')
-                    .to_string();
-            }
-        }
-        "unknown".to_string()
-    };
+    let locked = |name: &str| locked_version(root, name);
     vec![
         ("hadal-engine", locked("hadal-engine")),
         ("redb", locked("redb")),
