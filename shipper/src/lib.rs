@@ -53,6 +53,9 @@ pub struct ShipperOptions {
     /// How long one segment upload may go without a definite answer (timeouts, 5xx, lost
     /// responses) before the writer gives up with `Indeterminate` and stops.
     pub upload_deadline: Duration,
+    /// In `strict` mode, how long an upload that follows straight on the previous one waits
+    /// for more commits to join it (group commit under a closed loop of committers).
+    pub linger: Duration,
 }
 
 impl Default for ShipperOptions {
@@ -63,6 +66,7 @@ impl Default for ShipperOptions {
             manifest_poll: Duration::from_secs(10),
             restore_budget: RESTORE_BUDGET_DEFAULT,
             upload_deadline: Duration::from_secs(60),
+            linger: Duration::from_millis(1),
         }
     }
 }

@@ -91,6 +91,7 @@ pub(crate) struct ShipLoop {
     pub interval: Duration,
     pub manifest_poll: Duration,
     pub upload_deadline: Duration,
+    pub linger: Duration,
     pub position: Mutex<LogPosition>,
     pub durable: watch::Sender<Durable>,
     pub wake: Arc<Notify>,
@@ -141,6 +142,7 @@ impl ShipLoop {
             interval: options.interval,
             manifest_poll: options.manifest_poll,
             upload_deadline: options.upload_deadline,
+            linger: options.linger,
             position: Mutex::new(LogPosition {
                 next_slot: position.next_slot,
                 prev_hash: position.prev_hash,
@@ -244,6 +246,8 @@ impl ShipLoop {
     pub async fn run(self: Arc<Self>) {
         let mut last_upload = Instant::now();
         let mut last_poll = Instant::now();
+        // Set after an upload, cleared when the loop waits idle: back-to-back uploads linger.
+        let mut busy = false;
         let mut stop = self.stop.clone();
         loop {
             let stopping = *stop.borrow();
@@ -259,6 +263,7 @@ impl ShipLoop {
                         return self.halt(e);
                     }
                 }
+                busy = false;
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = stop.changed() => {}
@@ -276,6 +281,14 @@ impl ShipLoop {
                     continue;
                 }
             }
+            if self.mode == Mode::Strict && busy && !self.linger.is_zero() {
+                // The commits acknowledged by the last upload are re-committing right now (a
+                // closed loop of committers); without this pause the first of them would leave
+                // alone and the rest wait a whole PUT, splitting the committers into two
+                // alternating cohorts. One idle committer never waits here.
+                tokio::time::sleep(self.linger).await;
+            }
+            busy = true;
             last_upload = Instant::now();
             if let Err(e) = self.ship_once().await {
                 return self.halt(e);
