@@ -2,6 +2,8 @@
 //! every LSN it reports, it keeps following across a writer takeover, it answers `min_lsn`
 //! waits, it can be promoted to the writer, and a damaged segment stops it by name.
 
+// Shared with other test crates; this one uses the two servers only.
+#[allow(dead_code)]
 mod stores;
 
 use std::collections::BTreeMap;

@@ -11,9 +11,6 @@
 //! request to completion on its own task ([`DrivenRequests`]), as a multi-threaded server would
 //! let it finish; what the tests prove about the shipper and the restore is unchanged.
 
-// Shared by several test crates; each uses the subset of stores it needs.
-#![allow(dead_code)]
-
 use std::sync::Arc;
 
 use bytes::Bytes;
