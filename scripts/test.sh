@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 export HADAL_CACHE="${HADAL_CACHE:-$HOME/.cache/hadal}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HADAL_CACHE/target}"
 mkdir -p "$HADAL_CACHE"
+# Incremental caches only pay off for edit-compile loops; in CI they cost gigabytes of disk.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 
 step() { printf '\n== %s ==\n' "$*"; }
 started=$(date +%s)
