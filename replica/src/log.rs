@@ -193,8 +193,12 @@ impl BucketLog {
 
     /// Called when `slot` is missing while reading forward: the end of the log, unless a later
     /// slot exists, which would be a gap (F7: a restore must never silently stop short).
+    ///
+    /// A live writer may create `slot` and the next one between our miss and this check; it
+    /// creates them strictly in order, so if the next slot exists, `slot` is asked again and only
+    /// a second miss is a gap.
     pub async fn check_end(&self, slot: Slot) -> Result<()> {
-        if self.segment_exists(slot.next()).await? {
+        if self.segment_exists(slot.next()).await? && !self.segment_exists(slot).await? {
             return Err(Error::corrupt(
                 keys::segment(slot),
                 format!(
@@ -326,6 +330,33 @@ impl ChainCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_slot_written_after_the_miss_is_not_a_gap() {
+        // Proves the end-of-log check tolerates a live writer: after a miss at slot 1, slots 1
+        // and 2 appearing together is the log growing (found by a replica on Azurite), while
+        // slot 2 without slot 1 is a gap.
+        use hadal_transports::Bucket;
+        let memory = std::sync::Arc::new(hadal_transports::MemoryBucket::new());
+        let log = BucketLog::new(memory.clone());
+        memory
+            .put(
+                &keys::segment(Slot::new(2)),
+                bytes::Bytes::from_static(b"x"),
+            )
+            .await
+            .expect("put");
+        let err = log.check_end(Slot::new(1)).await.expect_err("a gap");
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+        memory
+            .put(
+                &keys::segment(Slot::new(1)),
+                bytes::Bytes::from_static(b"x"),
+            )
+            .await
+            .expect("put");
+        log.check_end(Slot::new(1)).await.expect("the log grew");
+    }
 
     #[tokio::test]
     async fn first_missing_finds_the_frontier_with_few_probes() {
