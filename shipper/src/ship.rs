@@ -65,6 +65,9 @@ async fn back_off(delay: Duration) -> Duration {
     (delay * 2).min(RETRY_DELAY_MAX)
 }
 
+/// An upload that starts within this many lingers of the previous one's end lingers.
+const LINGER_WINDOW: u32 = 5;
+
 /// What waiters see.
 #[derive(Debug, Clone)]
 pub(crate) struct Durable {
@@ -246,8 +249,8 @@ impl ShipLoop {
     pub async fn run(self: Arc<Self>) {
         let mut last_upload = Instant::now();
         let mut last_poll = Instant::now();
-        // Set after an upload, cleared when the loop waits idle: back-to-back uploads linger.
-        let mut busy = false;
+        // When the last upload ended: an upload starting soon after it lingers.
+        let mut last_done: Option<Instant> = None;
         let mut stop = self.stop.clone();
         loop {
             let stopping = *stop.borrow();
@@ -263,7 +266,6 @@ impl ShipLoop {
                         return self.halt(e);
                     }
                 }
-                busy = false;
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = stop.changed() => {}
@@ -281,16 +283,20 @@ impl ShipLoop {
                     continue;
                 }
             }
-            if self.mode == Mode::Strict && busy && !self.linger.is_zero() {
+            if self.mode == Mode::Strict
+                && !self.linger.is_zero()
+                && last_done.is_some_and(|t| t.elapsed() < self.linger * LINGER_WINDOW)
+            {
                 // The commits acknowledged by the last upload are re-committing right now (a
                 // closed loop of committers); without this pause the first of them would leave
                 // alone and the rest wait a whole PUT, splitting the committers into two
-                // alternating cohorts. One idle committer never waits here.
+                // alternating cohorts. A commit after a quiet spell never waits here.
                 tokio::time::sleep(self.linger).await;
             }
-            busy = true;
             last_upload = Instant::now();
-            if let Err(e) = self.ship_once().await {
+            let shipped = self.ship_once().await;
+            last_done = Some(Instant::now());
+            if let Err(e) = shipped {
                 return self.halt(e);
             }
             if !stopping {
