@@ -35,6 +35,10 @@ pub struct GcArgs {
     /// Keep unreachable objects younger than this (a margin for readers mid-restore).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// First set the database's retention window (recorded in its manifest; default 7 days):
+    /// every point inside it stays restorable.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +153,23 @@ pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
     };
     let report = runtime()?.block_on(async {
         let bucket = open(&args.bucket).await?;
+        if let Some(window) = args.retention {
+            let window_ms = window.as_millis() as u64;
+            if args.dry_run {
+                println!(
+                    "dry run: the retention window is not changed; planning with the current one"
+                );
+            } else {
+                let before = hadal_shipper::gc::set_retention(bucket.clone(), window_ms, now_ms())
+                    .await
+                    .with_context(|| format!("setting the retention window of {}", args.bucket))?;
+                println!(
+                    "retention window: {} (was {})",
+                    humantime::format_duration(window),
+                    humantime::format_duration(Duration::from_millis(before))
+                );
+            }
+        }
         hadal_shipper::gc::collect(bucket, now_ms(), &options)
             .await
             .with_context(|| format!("collecting garbage in {}", args.bucket))

@@ -26,7 +26,7 @@ mod error;
 mod gate;
 mod takeover;
 
-pub use binding::BINDING_FILE_NAME;
+pub use binding::{BINDING_FILE_NAME, normalize as normalize_bucket_url};
 pub use bytes::Bytes;
 pub use database::{Database, Durability, Options, Scan, WriteHandle};
 pub use error::{Error, ErrorKind, Result};

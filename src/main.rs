@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_cmd;
+mod branch_cmd;
 mod bucket_cmd;
 mod kv_cmd;
 mod kv_import;
@@ -45,6 +46,11 @@ enum Command {
     /// slots, epochs and fences, checksum continuity, snapshots against the log. Names the first
     /// damaged object and exits non-zero.
     Verify(admin_cmd::VerifyArgs),
+    /// Zero-copy branches: a new database whose history starts at a point of another's.
+    Branch {
+        #[command(subcommand)]
+        cmd: branch_cmd::BranchCommand,
+    },
     /// Delete what no restore inside the retention window, no pin and the head need.
     Gc(admin_cmd::GcArgs),
     /// What is in a bucket: head, epoch, snapshots, retention, pins, objects and their cost.
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore_cmd::run(args),
         Command::Verify(args) => admin_cmd::verify(args),
         Command::Gc(args) => admin_cmd::gc(args),
+        Command::Branch { cmd } => branch_cmd::run(cmd),
         Command::Info(args) => admin_cmd::info(args),
     };
     match result {

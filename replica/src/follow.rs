@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::{BucketLog, ChainCursor, SegmentAt};
-use crate::restore::{FETCH_AHEAD_SEGMENTS, Target, apply_segment, restore_into};
+use crate::restore::{FETCH_AHEAD_SEGMENTS, Stop, Target, apply_segment, restore_into};
 
 /// How a follower polls.
 #[derive(Debug, Clone)]
@@ -315,7 +315,7 @@ fn apply(
 ) -> Result<()> {
     let last = at.segment.header.lsn_last;
     state.send_modify(|s| s.lsn_seen = s.lsn_seen.max(last));
-    apply_segment(db, cursor, at, None, Durability::NoSync)?;
+    apply_segment(db, cursor, at, Stop::NEVER, Durability::NoSync)?;
     let r = db.begin_read();
     let (lsn, time) = (r.lsn(), r.commit_time_ms());
     let epoch = cursor.epoch;

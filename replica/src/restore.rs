@@ -17,7 +17,7 @@ use hadal_engine::{Commit, Database, Durability, ImageHeader, Options};
 use hadal_format::manifest::{SnapshotRef, parse_checksum_hex};
 use hadal_format::segment::SegmentCommit;
 use hadal_format::snapshot::SnapshotPart;
-use hadal_format::{Lsn, ObjectHash, PageNo, Slot};
+use hadal_format::{Lsn, ObjectHash, PageNo, Slot, keys};
 use hadal_transports::DynBucket;
 
 use crate::error::{Error, Result};
@@ -143,91 +143,270 @@ fn temporary_sibling(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.restoring-{:016x}", rand::random::<u64>()))
 }
 
+/// Branches of branches deeper than this are refused (a cycle of parents would never end).
+pub const BRANCH_DEPTH_MAX: usize = 32;
+
 /// Brings `db` (empty, or at an LSN of this same history) forward to `target` from the bucket.
+///
+/// For a branch (a manifest naming a parent), the history up to the branch point is read from
+/// the parent (recursively, for branches of branches) and then the branch's own log, unless a
+/// snapshot of the branch itself covers the target. The returned cursor is in this database's
+/// log, except when the target lies inside a parent's history (then it is the parent's).
 pub async fn restore_into(
     log: &BucketLog,
     db: &Database,
     target: Target,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<Restored> {
-    let ManifestAt { manifest, .. } = log
-        .latest_manifest(None)
-        .await?
-        .ok_or_else(|| Error::Invalid(format!("no database in {}", log.bucket().name())))?;
-    let db_id = manifest
-        .db_id_bytes()
-        .map_err(|e| Error::format("manifest", e))?;
-    let snapshot = match target {
-        Target::Head => manifest.snapshots.iter().max_by_key(|s| s.lsn),
-        Target::Lsn(l) => manifest.snapshot_at_or_below(l),
-        Target::Time(t) => manifest
-            .snapshots
-            .iter()
-            .filter(|s| s.time_ms <= t)
-            .max_by_key(|s| s.lsn),
-    };
-    let mut snapshot_lsn = None;
-    let mut cursor = ChainCursor::genesis(db_id);
-    if db.lsn() == Lsn::ZERO {
-        if let Some(snap) = snapshot {
-            install_snapshot(log, db, db_id, snap).await?;
-            snapshot_lsn = Some(Lsn::new(snap.lsn));
-            cursor = ChainCursor::within(
-                db_id,
-                Slot::new(snap.slot),
-                Lsn::new(snap.lsn),
-                db.begin_read().checksum(),
-            );
-        } else if manifest.replay_start_slot > 1 {
-            // GC trimmed the log: without a snapshot at or below it, the target is gone.
-            let oldest = manifest.snapshots.iter().min_by_key(|s| s.lsn);
-            return Err(Error::Invalid(match oldest {
-                Some(o) => format!(
-                    "{} is before the oldest restorable point, lsn {} committed at {} (the retention window is {}); restore a later point",
-                    describe(target),
-                    o.lsn,
-                    humantime::format_rfc3339_millis(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(o.time_ms)
+    restore_bounded(log, db, target, None, progress, 0).await
+}
+
+/// Opens the bucket a parent URL names, with the retry decorator.
+pub async fn open_parent(url: &str) -> Result<BucketLog> {
+    let bucket = hadal_transports::open(url)
+        .await
+        .map_err(|e| Error::Invalid(format!("opening the parent database {url}: {e}")))?;
+    Ok(BucketLog::new(with_retries(bucket)))
+}
+
+/// As [`restore_into`], never past `lsn_cap` (a branch point, when restoring a parent's part).
+fn restore_bounded<'a>(
+    log: &'a BucketLog,
+    db: &'a Database,
+    target: Target,
+    lsn_cap: Option<Lsn>,
+    progress: Option<ProgressFn<'a>>,
+    depth: usize,
+) -> futures::future::BoxFuture<'a, Result<Restored>> {
+    Box::pin(async move {
+        let ManifestAt { manifest, .. } = log
+            .latest_manifest(None)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("no database in {}", log.bucket().name())))?;
+        let db_id = manifest
+            .db_id_bytes()
+            .map_err(|e| Error::format("manifest", e))?;
+        let stop = Stop::of(target, lsn_cap);
+        let parent = match &manifest.parent {
+            Some(p) => Some(BranchPoint::of(p)?),
+            None => None,
+        };
+        let snapshot = match target {
+            Target::Head => manifest.snapshots.iter().max_by_key(|s| s.lsn),
+            Target::Lsn(l) => manifest.snapshot_at_or_below(l),
+            Target::Time(t) => manifest
+                .snapshots
+                .iter()
+                .filter(|s| s.time_ms <= t)
+                .max_by_key(|s| s.lsn),
+        }
+        .filter(|s| lsn_cap.is_none_or(|cap| s.lsn <= cap.get()));
+        let mut snapshot_lsn = None;
+        let mut cursor = ChainCursor::genesis(db_id);
+        let (mut segments, mut bytes) = (0, 0);
+        let local_lsn = db.lsn();
+        let in_parent = parent
+            .as_ref()
+            .is_some_and(|p| local_lsn < p.lsn && !(local_lsn == Lsn::ZERO && snapshot.is_some()));
+        if let (true, Some(point)) = (in_parent, &parent) {
+            // The branch's history starts in its parent's: restore that part first.
+            if depth >= BRANCH_DEPTH_MAX {
+                return Err(Error::Invalid(format!(
+                    "{} is a branch more than {BRANCH_DEPTH_MAX} levels deep (a cycle of parents?)",
+                    log.bucket().name()
+                )));
+            }
+            let parent_log = open_parent(&point.url).await?;
+            let cap = match stop.lsn {
+                Some(l) if l < point.lsn => l,
+                _ => point.lsn,
+            };
+            let parent_target = match target {
+                Target::Time(t) => Target::Time(t),
+                _ => Target::Lsn(cap),
+            };
+            let from_parent = restore_bounded(
+                &parent_log,
+                db,
+                parent_target,
+                Some(cap),
+                progress,
+                depth + 1,
+            )
+            .await?;
+            if from_parent.lsn < point.lsn {
+                // The target lies inside the parent's history.
+                return Ok(from_parent);
+            }
+            if from_parent.checksum != point.checksum
+                || (from_parent.cursor.prev_hash != ObjectHash::ZERO
+                    && from_parent.cursor.prev_hash != point.segment_hash)
+            {
+                return Err(Error::corrupt(
+                    format!("{}/{}", point.url, keys::segment(point.slot)),
+                    format!(
+                        "the parent's history at lsn {} differs from the branch point {} records",
+                        point.lsn.get(),
+                        log.bucket().name()
                     ),
-                    humantime::format_duration(std::time::Duration::from_millis(
-                        manifest.retention_ms
-                    )),
-                ),
-                None => format!(
-                    "the log of {} starts at slot {} and no snapshot covers {}",
+                ));
+            }
+            snapshot_lsn = from_parent.snapshot_lsn;
+            segments = from_parent.segments;
+            bytes = from_parent.bytes;
+            cursor = point.cursor(db_id);
+            if manifest.replay_start_slot > 1 {
+                return Err(Error::Invalid(format!(
+                    "the branch {} no longer holds its log from the branch point (GC trimmed it to slot {}): {} can only be restored from its snapshots",
                     log.bucket().name(),
                     manifest.replay_start_slot,
                     describe(target)
-                ),
-            }));
+                )));
+            }
+        } else if local_lsn == Lsn::ZERO {
+            if let Some(snap) = snapshot {
+                install_snapshot(log, db, db_id, snap).await?;
+                snapshot_lsn = Some(Lsn::new(snap.lsn));
+                cursor = ChainCursor::within(
+                    db_id,
+                    Slot::new(snap.slot),
+                    Lsn::new(snap.lsn),
+                    db.begin_read().checksum(),
+                );
+            } else if manifest.replay_start_slot > 1 {
+                return Err(before_oldest(log, &manifest, target));
+            } else if let Some(point) = &parent {
+                cursor = point.cursor(db_id);
+            } else {
+                cursor.slot = manifest.replay_start();
+            }
         } else {
-            cursor.slot = manifest.replay_start();
+            // Continue a local copy: find the slot holding its next commit.
+            let local = db.begin_read();
+            let slot = find_slot_of(log, local.lsn(), manifest.replay_start()).await?;
+            cursor = match &parent {
+                Some(point) if slot.get() <= 1 => point.cursor(db_id),
+                _ => ChainCursor::within(db_id, slot, local.lsn(), local.checksum()),
+            };
         }
-    } else {
-        // Continue a local copy: find the slot holding its next commit.
-        let local = db.begin_read();
-        let slot = find_slot_of(log, local.lsn(), manifest.replay_start()).await?;
-        cursor = ChainCursor::within(db_id, slot, local.lsn(), local.checksum());
+        let (s, b) = replay(log, db, &mut cursor, stop, progress).await?;
+        segments += s;
+        bytes += b;
+        let r = db.begin_read();
+        if let Some(l) = stop.lsn
+            && r.lsn() != l
+            && !matches!(target, Target::Time(_))
+        {
+            return Err(Error::Invalid(format!(
+                "lsn {} is beyond the end of the log of {} (lsn {})",
+                l.get(),
+                log.bucket().name(),
+                r.lsn().get()
+            )));
+        }
+        Ok(Restored {
+            lsn: r.lsn(),
+            checksum: r.checksum(),
+            time_ms: r.commit_time_ms(),
+            snapshot_lsn,
+            segments,
+            bytes,
+            cursor,
+        })
+    })
+}
+
+/// Where a replay stops: at an LSN, before the first commit after a time, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stop {
+    pub lsn: Option<Lsn>,
+    pub time_ms: Option<u64>,
+}
+
+impl Stop {
+    pub(crate) const NEVER: Stop = Stop {
+        lsn: None,
+        time_ms: None,
+    };
+
+    fn of(target: Target, lsn_cap: Option<Lsn>) -> Stop {
+        let (lsn, time_ms) = match target {
+            Target::Head => (None, None),
+            Target::Lsn(l) => (Some(l), None),
+            Target::Time(t) => (None, Some(t)),
+        };
+        let lsn = match (lsn, lsn_cap) {
+            (Some(l), Some(c)) => Some(l.min(c)),
+            (l, c) => l.or(c),
+        };
+        Stop { lsn, time_ms }
     }
-    let (segments, bytes) = replay(log, db, &mut cursor, target, progress).await?;
-    let r = db.begin_read();
-    if let Target::Lsn(l) = target
-        && r.lsn() != l
-    {
-        return Err(Error::Invalid(format!(
-            "lsn {} is beyond the end of the log (lsn {})",
-            l.get(),
-            r.lsn().get()
-        )));
+}
+
+/// A manifest's `parent`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchPoint {
+    pub url: String,
+    pub lsn: Lsn,
+    pub slot: Slot,
+    pub segment_hash: ObjectHash,
+    pub checksum: hadal_engine::StateChecksum,
+}
+
+impl BranchPoint {
+    pub fn of(p: &hadal_format::manifest::Parent) -> Result<BranchPoint> {
+        let bad = |detail: String| Error::corrupt("manifest", format!("its parent: {detail}"));
+        Ok(BranchPoint {
+            url: p.url.clone(),
+            lsn: Lsn::new(p.lsn),
+            slot: Slot::new(p.slot),
+            segment_hash: ObjectHash::from_hex(&p.segment_hash).ok_or_else(|| {
+                bad(format!(
+                    "segment_hash {:?} is not hex SHA-256",
+                    p.segment_hash
+                ))
+            })?,
+            checksum: parse_checksum_hex(&p.checksum).map_err(|e| bad(e.to_string()))?,
+        })
     }
-    Ok(Restored {
-        lsn: r.lsn(),
-        checksum: r.checksum(),
-        time_ms: r.commit_time_ms(),
-        snapshot_lsn,
-        segments,
-        bytes,
-        cursor,
+
+    /// The chain position before the branch's slot 1: its fence continues the parent's segment
+    /// at the branch point.
+    pub fn cursor(&self, db_id: [u8; 16]) -> ChainCursor {
+        ChainCursor {
+            db_id,
+            slot: Slot::new(1),
+            prev_hash: self.segment_hash,
+            epoch: hadal_format::Epoch::ZERO,
+            lsn: self.lsn,
+            checksum: self.checksum,
+        }
+    }
+}
+
+fn before_oldest(
+    log: &BucketLog,
+    manifest: &hadal_format::manifest::Manifest,
+    target: Target,
+) -> Error {
+    // GC trimmed the log: without a snapshot at or below it, the target is gone.
+    let oldest = manifest.snapshots.iter().min_by_key(|s| s.lsn);
+    Error::Invalid(match oldest {
+        Some(o) => format!(
+            "{} is before the oldest restorable point, lsn {} committed at {} (the retention window is {}); restore a later point",
+            describe(target),
+            o.lsn,
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(o.time_ms)
+            ),
+            humantime::format_duration(std::time::Duration::from_millis(manifest.retention_ms)),
+        ),
+        None => format!(
+            "the log of {} starts at slot {} and no snapshot covers {}",
+            log.bucket().name(),
+            manifest.replay_start_slot,
+            describe(target)
+        ),
     })
 }
 
@@ -251,30 +430,34 @@ async fn install_snapshot(
     db_id: [u8; 16],
     snap: &SnapshotRef,
 ) -> Result<()> {
-    let bucket = log.bucket();
-    let parts: Vec<SnapshotPart> = futures::stream::iter(snap.parts.iter())
-        .map(|part_ref| async move {
-            let object = bucket.get(&part_ref.key).await?.ok_or_else(|| {
-                Error::corrupt(&part_ref.key, "listed in the manifest but missing")
-            })?;
-            let (part, hash) =
-                SnapshotPart::decode(&object.bytes).map_err(|e| Error::format(&part_ref.key, e))?;
-            if Some(hash) != ObjectHash::from_hex(&part_ref.sha256) {
-                return Err(Error::corrupt(
-                    &part_ref.key,
-                    "its hash differs from the one the manifest records",
-                ));
+    let snap_lsn = snap.lsn;
+    // Owned values in the futures: this runs inside boxed (`Send`) restores of branches.
+    let parts: Vec<SnapshotPart> = futures::stream::iter(snap.parts.clone())
+        .map(|part_ref| {
+            let bucket = log.bucket().clone();
+            async move {
+                let object = bucket.get(&part_ref.key).await?.ok_or_else(|| {
+                    Error::corrupt(&part_ref.key, "listed in the manifest but missing")
+                })?;
+                let (part, hash) = SnapshotPart::decode(&object.bytes)
+                    .map_err(|e| Error::format(&part_ref.key, e))?;
+                if Some(hash) != ObjectHash::from_hex(&part_ref.sha256) {
+                    return Err(Error::corrupt(
+                        &part_ref.key,
+                        "its hash differs from the one the manifest records",
+                    ));
+                }
+                if part.db_id != db_id
+                    || part.lsn.get() != snap_lsn
+                    || part.first_page.get() != part_ref.first_page
+                {
+                    return Err(Error::corrupt(
+                        &part_ref.key,
+                        "it belongs to another snapshot",
+                    ));
+                }
+                Ok(part)
             }
-            if part.db_id != db_id
-                || part.lsn.get() != snap.lsn
-                || part.first_page.get() != part_ref.first_page
-            {
-                return Err(Error::corrupt(
-                    &part_ref.key,
-                    "it belongs to another snapshot",
-                ));
-            }
-            Ok(part)
         })
         .buffered(PARALLEL_PART_DOWNLOADS)
         .collect::<Vec<_>>()
@@ -307,7 +490,7 @@ async fn install_snapshot(
 
 /// The first slot whose segment reaches past `lsn` (so holds commit `lsn + 1`), by binary
 /// search over segment headers between `start` and the frontier; the frontier if none does.
-async fn find_slot_of(log: &BucketLog, lsn: Lsn, start: Slot) -> Result<Slot> {
+pub(crate) async fn find_slot_of(log: &BucketLog, lsn: Lsn, start: Slot) -> Result<Slot> {
     let frontier = log
         .frontier(Slot::new(start.get().saturating_sub(1)))
         .await?;
@@ -335,10 +518,10 @@ async fn replay(
     log: &BucketLog,
     db: &Database,
     cursor: &mut ChainCursor,
-    target: Target,
+    stop: Stop,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<(u64, u64)> {
-    if matches!(target, Target::Lsn(l) if db.lsn() >= l) {
+    if stop.lsn.is_some_and(|l| db.lsn() >= l) {
         return Ok((0, 0));
     }
     let first = cursor.slot.get();
@@ -356,7 +539,7 @@ async fn replay(
         };
         segments += 1;
         bytes += at.bytes as u64;
-        if apply_segment(db, cursor, at, Some(target), Durability::NoSync)? {
+        if apply_segment(db, cursor, at, stop, Durability::NoSync)? {
             return Ok((segments, bytes));
         }
         if let Some(report) = progress {
@@ -377,7 +560,7 @@ pub(crate) fn apply_segment(
     db: &Database,
     cursor: &mut ChainCursor,
     at: crate::log::SegmentAt,
-    target: Option<Target>,
+    stop: Stop,
     durability: Durability,
 ) -> Result<bool> {
     let key = || hadal_format::keys::segment(at.segment.header.slot);
@@ -387,9 +570,7 @@ pub(crate) fn apply_segment(
         if c.lsn <= db.lsn() {
             continue;
         }
-        if let Some(Target::Time(t)) = target
-            && c.time_ms > t
-        {
+        if stop.time_ms.is_some_and(|t| c.time_ms > t) {
             reached = true;
             break;
         }
@@ -400,7 +581,7 @@ pub(crate) fn apply_segment(
                 _ => Error::Engine(e),
             })?;
         db.set_lsn_shipped(lsn);
-        if matches!(target, Some(Target::Lsn(l)) if lsn >= l) {
+        if stop.lsn.is_some_and(|l| lsn >= l) {
             reached = true;
             break;
         }

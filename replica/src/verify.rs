@@ -27,7 +27,71 @@ use hadal_transports::DynBucket;
 
 use crate::error::{Error, Result};
 use crate::log::{BucketLog, ChainCursor};
-use crate::restore::{FETCH_AHEAD_SEGMENTS, PARALLEL_PART_DOWNLOADS};
+use crate::restore::{BranchPoint, FETCH_AHEAD_SEGMENTS, PARALLEL_PART_DOWNLOADS, open_parent};
+
+/// Checks a branch's link to its parent: the parent still pins the branch point, and its
+/// segment at the point's slot has the recorded hash and holds the point's commit with the
+/// recorded state checksum (or, for the empty database, the point is the genesis).
+async fn verify_parent(point: &BranchPoint) -> Result<()> {
+    let parent = open_parent(&point.url).await?;
+    let key = || format!("{}/{}", point.url, keys::segment(point.slot));
+    let latest = parent
+        .latest_manifest(None)
+        .await?
+        .ok_or_else(|| Error::corrupt(&point.url, "the parent database has no manifest"))?;
+    if !latest
+        .manifest
+        .pins
+        .iter()
+        .any(|p| p.lsn == point.lsn.get())
+    {
+        return Err(Error::corrupt(
+            format!(
+                "{}/{}",
+                point.url,
+                keys::manifest(latest.manifest.manifest_id())
+            ),
+            format!(
+                "the parent no longer pins lsn {}, where this branch starts: GC may collect its history",
+                point.lsn.get()
+            ),
+        ));
+    }
+    if point.lsn == Lsn::ZERO {
+        return if point.segment_hash == ObjectHash::ZERO && point.checksum == StateChecksum::EMPTY {
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                &point.url,
+                "a branch of the empty database names a segment",
+            ))
+        };
+    }
+    let (header, hash) = parent
+        .segment_header(point.slot)
+        .await?
+        .ok_or_else(|| Error::corrupt(key(), "missing: it holds this branch's branch point"))?;
+    if hash != point.segment_hash {
+        return Err(Error::corrupt(
+            key(),
+            "its hash differs from the one the branch's manifest records",
+        ));
+    }
+    match header.commits.iter().find(|c| c.lsn == point.lsn) {
+        Some(c) if c.checksum_after == point.checksum => Ok(()),
+        Some(_) => Err(Error::corrupt(
+            key(),
+            format!(
+                "the state checksum at lsn {} differs from the branch's record",
+                point.lsn.get()
+            ),
+        )),
+        None => Err(Error::corrupt(
+            key(),
+            format!("it does not hold lsn {}, the branch point", point.lsn.get()),
+        )),
+    }
+}
 
 /// What a successful verification covered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +106,8 @@ pub struct VerifyReport {
     pub snapshots: u64,
     pub snapshot_parts: u64,
     pub bytes: u64,
+    /// For a branch: the parent's URL and the branch point's LSN, both checked.
+    pub parent: Option<(String, u64)>,
 }
 
 /// Progress of a verification, for a progress bar: segments checked of those listed.
@@ -58,8 +124,28 @@ pub async fn verify(
     let db_id = latest
         .db_id_bytes()
         .map_err(|e| Error::format(keys::manifest(latest.manifest_id()), e))?;
+    let point = match &latest.parent {
+        Some(p) => Some(
+            BranchPoint::of(p)
+                .map_err(|e| Error::corrupt(keys::manifest(latest.manifest_id()), e))?,
+        ),
+        None => None,
+    };
+    if let Some(point) = &point {
+        verify_parent(point).await?;
+        report.parent = Some((point.url.clone(), point.lsn.get()));
+    }
     let wanted: BTreeSet<u64> = latest.snapshots.iter().map(|s| s.lsn).collect();
-    let at_lsn = verify_segments(&log, &latest, db_id, &wanted, &mut report, progress).await?;
+    let at_lsn = verify_segments(
+        &log,
+        &latest,
+        db_id,
+        point.as_ref(),
+        &wanted,
+        &mut report,
+        progress,
+    )
+    .await?;
     for snap in &latest.snapshots {
         verify_snapshot(&log, &latest, db_id, snap, &at_lsn, &mut report).await?;
     }
@@ -135,6 +221,7 @@ async fn verify_segments(
     log: &BucketLog,
     latest: &Manifest,
     db_id: [u8; 16],
+    point: Option<&BranchPoint>,
     wanted: &BTreeSet<u64>,
     report: &mut VerifyReport,
     progress: Option<VerifyProgressFn<'_>>,
@@ -179,7 +266,10 @@ async fn verify_segments(
     }
     report.first_slot = first.get();
     let total = last.get() - first.get() + 1;
-    let mut cursor: Option<ChainCursor> = (first.get() == 1).then(|| ChainCursor::genesis(db_id));
+    let mut cursor: Option<ChainCursor> = (first.get() == 1).then(|| match point {
+        Some(p) => p.cursor(db_id),
+        None => ChainCursor::genesis(db_id),
+    });
     let mut fetches = futures::stream::iter(first.get()..=last.get())
         .map(|s| log.segment(Slot::new(s)))
         .buffered(FETCH_AHEAD_SEGMENTS);

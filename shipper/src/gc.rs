@@ -180,6 +180,12 @@ pub async fn collect(bucket: DynBucket, now_ms: u64, options: &GcOptions) -> Res
     {
         let (base_lsn, base_slot) = (base.lsn, base.slot);
         let published = manifest::update(&log, now_ms, |next| {
+            // A pin added since the plan (a new branch) may need an older base: start over.
+            if base_snapshot(next, now_ms).is_none_or(|b| b.lsn < base_lsn) {
+                return Err(Error::Invalid(
+                    "the manifest gained a pin older than the planned base while GC ran; nothing was deleted, run GC again".into(),
+                ));
+            }
             next.replay_start_slot = next.replay_start_slot.max(base_slot);
             next.snapshots.retain(|s| s.lsn >= base_lsn);
             Ok(())
@@ -213,6 +219,26 @@ pub async fn collect(bucket: DynBucket, now_ms: u64, options: &GcOptions) -> Res
     results.into_iter().collect::<Result<Vec<()>>>()?;
     tracing::info!(deleted = report.deleted.len(), "gc pass done");
     Ok(report)
+}
+
+/// Sets the retention window of the database in `bucket` (a manifest update); the next GC pass
+/// keeps every point inside the new window. Returns the previous window.
+pub async fn set_retention(bucket: DynBucket, retention_ms: u64, now_ms: u64) -> Result<u64> {
+    let log = BucketLog::new(crate::with_retries(bucket));
+    let before = log
+        .latest_manifest(None)
+        .await?
+        .ok_or_else(|| Error::Invalid(format!("no database in {}", log.bucket().name())))?
+        .manifest
+        .retention_ms;
+    if before != retention_ms {
+        manifest::update(&log, now_ms, |m| {
+            m.retention_ms = retention_ms;
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(before)
 }
 
 /// The base: the oldest snapshot any retained restore point needs. `None` if some retained

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod branch;
 mod error;
 pub mod gc;
 mod manifest;

@@ -66,8 +66,18 @@ struct Tail {
     checksum: StateChecksum,
 }
 
-async fn tail_before(log: &BucketLog, slot: Slot) -> Result<Tail> {
+/// The end of the log before `slot`; before slot 1 of a branch, its branch point in the parent.
+async fn tail_before(log: &BucketLog, slot: Slot, m: &Manifest) -> Result<Tail> {
     let Some(prev) = slot.prev().filter(|p| *p != Slot::ZERO) else {
+        if let Some(parent) = &m.parent {
+            let point = hadal_replica::BranchPoint::of(parent)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            return Ok(Tail {
+                hash: point.segment_hash,
+                lsn: point.lsn,
+                checksum: point.checksum,
+            });
+        }
         return Ok(Tail {
             hash: ObjectHash::ZERO,
             lsn: Lsn::ZERO,
@@ -126,7 +136,7 @@ pub async fn take_over(db: &Database, log: &BucketLog, now_ms: u64) -> Result<Po
     });
     let mut frontier = log.frontier(Slot::new(known)).await?;
     for _ in 0..FENCE_ATTEMPTS_MAX {
-        let tail = tail_before(log, frontier).await?;
+        let tail = tail_before(log, frontier, &bumped.manifest).await?;
         let nonce = Nonce::random();
         let fence = Segment::fence(
             db_id,
