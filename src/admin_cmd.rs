@@ -42,6 +42,19 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct CompactArgs {
+    /// The database's bucket URL.
+    #[arg(long, env = "HADAL_BUCKET")]
+    bucket: String,
+    /// Fold a run once it holds at least this many segments.
+    #[arg(long, default_value_t = 64)]
+    min_segments: u64,
+    /// Print the runs it would fold, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct InfoArgs {
     /// The database's bucket URL.
     #[arg(long, env = "HADAL_BUCKET")]
@@ -201,6 +214,36 @@ pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn compact(args: CompactArgs) -> anyhow::Result<ExitCode> {
+    if args.min_segments < 2 {
+        anyhow::bail!("--min-segments must be at least 2: folding one segment saves nothing");
+    }
+    let options = hadal_shipper::compact::CompactOptions {
+        min_segments: args.min_segments,
+        dry_run: args.dry_run,
+        ..hadal_shipper::compact::CompactOptions::default()
+    };
+    let report = runtime()?.block_on(async {
+        let bucket = open(&args.bucket).await?;
+        hadal_shipper::compact::compact(bucket, now_ms(), &options)
+            .await
+            .with_context(|| format!("compacting {}", args.bucket))
+    })?;
+    let verb = if args.dry_run { "would fold" } else { "folded" };
+    for r in &report.runs {
+        println!(
+            "{verb} slots {}..={} (lsn {}..={}) into {} ({} bytes)",
+            r.slot_first, r.slot_last, r.lsn_first, r.lsn_last, r.key, r.bytes
+        );
+    }
+    println!(
+        "{verb} {} segments into {} runs; restores of later points now read the runs instead",
+        report.segments_folded,
+        report.runs.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
     let info = runtime()?.block_on(gather(&args.bucket))?;
     if args.json {
@@ -249,7 +292,7 @@ async fn gather(url: &str) -> anyhow::Result<serde_json::Value> {
     let mut listing = bucket.list("", None);
     while let Some(item) = listing.next().await {
         let item = item?;
-        let kind = ["seg/", "manifest/", "snap/", "gc/"]
+        let kind = ["seg/", "manifest/", "snap/", "gc/", "compact/"]
             .into_iter()
             .find(|p| item.key.starts_with(p))
             .unwrap_or("other");
@@ -296,6 +339,9 @@ async fn gather(url: &str) -> anyhow::Result<serde_json::Value> {
         "window_start": rfc3339(window_start),
         "replay_start_slot": m.replay_start_slot,
         "oldest_restorable": oldest_restorable,
+        "compacted_runs": m.compactions.iter().map(|r| serde_json::json!({
+            "slots": [r.slot_first, r.slot_last], "lsns": [r.lsn_first, r.lsn_last], "bytes": r.bytes,
+        })).collect::<Vec<_>>(),
         "pins": m.pins.iter().map(|p| serde_json::json!({
             "name": p.name, "lsn": p.lsn, "created": rfc3339(p.created_ms),
         })).collect::<Vec<_>>(),
@@ -348,6 +394,7 @@ fn print_info(url: &str, info: &serde_json::Value) {
         get("window_start"),
         get("oldest_restorable")
     );
+    println!("compacted     {}", get("compacted_runs"));
     println!("pins          {}", get("pins"));
     println!("parent        {}", get("parent"));
     println!("objects       {}", get("objects"));

@@ -46,6 +46,9 @@ enum Command {
     /// slots, epochs and fences, checksum continuity, snapshots against the log. Names the first
     /// damaged object and exits non-zero.
     Verify(admin_cmd::VerifyArgs),
+    /// Fold runs of small segments after the newest snapshot into one object each, so restores
+    /// of later points read far fewer objects (exact restores inside a run still use segments).
+    Compact(admin_cmd::CompactArgs),
     /// Zero-copy branches: a new database whose history starts at a point of another's.
     Branch {
         #[command(subcommand)]
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => admin_cmd::verify(args),
         Command::Gc(args) => admin_cmd::gc(args),
         Command::Branch { cmd } => branch_cmd::run(cmd),
+        Command::Compact(args) => admin_cmd::compact(args),
         Command::Info(args) => admin_cmd::info(args),
     };
     match result {

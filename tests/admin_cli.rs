@@ -48,6 +48,29 @@ fn info_verify_and_gc_on_a_file_bucket() {
     assert!(o.status.success());
     assert!(text(&o.stdout).contains("lsn 3"), "{}", text(&o.stdout));
 
+    let o = hadal(&["compact", "--bucket", &url, "--min-segments", "1"]);
+    assert!(!o.status.success(), "--min-segments 1 is refused");
+    let o = hadal(&[
+        "compact",
+        "--bucket",
+        &url,
+        "--min-segments",
+        "2",
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "compact: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("would fold"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = hadal(&["compact", "--bucket", &url, "--min-segments", "2"]);
+    assert!(o.status.success(), "compact: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("folded slots 1..="),
+        "{}",
+        text(&o.stdout)
+    );
     let o = hadal(&["verify", "--bucket", &url, "--deep"]);
     assert!(
         o.status.success(),

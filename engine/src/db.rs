@@ -507,6 +507,120 @@ impl Database {
         Ok(())
     }
 
+    /// Moves a checkpointed database from its LSN straight to `image.lsn` by a set of page
+    /// images (a compacted run of commits from the bucket: the newest image of every page the
+    /// run changed). The state checksum must be `checksum_before` now and the pages must give
+    /// `image.checksum`, or nothing changes. The pages go to the main file and a superblock
+    /// makes them the checkpoint, as `install_image` does; the WAL must hold no commits past the
+    /// checkpoint (call `checkpoint` first, with no snapshot readers open).
+    pub fn apply_delta(
+        &self,
+        image: ImageHeader,
+        checksum_before: StateChecksum,
+        pages: &[(PageNo, Bytes)],
+    ) -> Result<()> {
+        self.inner.check_open()?;
+        let _guard = self.inner.writer.lock();
+        let base = self.inner.current.load_full();
+        let pager = &self.inner.pager;
+        let object = || format!("compacted commits up to {:?}", image.lsn);
+        if pager.superblock.lock().checkpoint_lsn != base.lsn {
+            return Err(Error::Invalid(
+                "apply_delta needs every commit checkpointed first".into(),
+            ));
+        }
+        if image.lsn <= base.lsn {
+            return Err(Error::Invalid(format!(
+                "compacted commits up to {:?} do not follow the local lsn {:?}",
+                image.lsn, base.lsn
+            )));
+        }
+        if checksum_before != base.checksum {
+            return Err(Error::corrupt(
+                object(),
+                format!(
+                    "checksum_before {checksum_before:?} differs from the local image's {:?}",
+                    base.checksum
+                ),
+            ));
+        }
+        if image.page_count < base.page_count || pages.is_empty() {
+            return Err(Error::corrupt(
+                object(),
+                "shrinks the image or changes no pages",
+            ));
+        }
+        let mut checksum = base.checksum;
+        let mut expected_new = base.page_count;
+        for (i, (page_no, bytes)) in pages.iter().enumerate() {
+            if i > 0 && pages[i - 1].0 >= *page_no {
+                return Err(Error::corrupt(object(), "pages are not sorted and unique"));
+            }
+            if page_no.get() >= image.page_count || bytes.len() != pager.page_size {
+                return Err(Error::corrupt(
+                    object(),
+                    format!("page {page_no} is out of range or the wrong size"),
+                ));
+            }
+            page::verify(*page_no, bytes)
+                .map_err(|e| Error::corrupt(format!("{} page {page_no}", object()), e))?;
+            if page_no.get() < base.page_count {
+                let old = pager.read(*page_no, base.lsn, base.page_count)?;
+                checksum.replace(*page_no, &old, bytes);
+            } else {
+                checksum.add(*page_no, bytes);
+            }
+            if page_no.get() == expected_new {
+                expected_new += 1;
+            }
+        }
+        if expected_new != image.page_count || checksum != image.checksum {
+            return Err(Error::corrupt(
+                object(),
+                format!(
+                    "its pages give {expected_new} pages with checksum {checksum:?}, expected {} with {:?}",
+                    image.page_count, image.checksum
+                ),
+            ));
+        }
+        let main_err = |op, e| Error::io(op, pager.main.name().to_string(), e);
+        for (page_no, bytes) in pages {
+            pager
+                .main
+                .write_at(crate::pager::page_offset(*page_no, pager.page_size), bytes)
+                .map_err(|e| main_err("apply compacted pages", e))?;
+        }
+        pager
+            .main
+            .sync()
+            .map_err(|e| main_err("apply compacted pages", e))?;
+        let sb = {
+            let current = *pager.superblock.lock();
+            Superblock {
+                generation: current.generation + 1,
+                checkpoint_lsn: image.lsn,
+                page_count: image.page_count,
+                checksum,
+                checkpoint_time_ms: image.time_ms,
+                ..current
+            }
+        };
+        pager.write_superblock(&sb)?;
+        *pager.superblock.lock() = sb;
+        pager.forget_main(pages.iter().map(|(p, _)| *p));
+        pager.wal.reset_to(image.lsn, checksum);
+        self.inner
+            .lsn_shipped
+            .fetch_max(image.lsn.get(), Ordering::SeqCst);
+        self.inner.publish(Arc::new(Version {
+            lsn: image.lsn,
+            page_count: image.page_count,
+            checksum,
+            time_ms: image.time_ms,
+        }));
+        Ok(())
+    }
+
     /// Copies committed pages into the main file, up to what readers and shipping allow.
     /// Returns the checkpoint LSN reached, if it moved.
     pub fn checkpoint(&self) -> Result<Option<Lsn>> {

@@ -114,6 +114,13 @@ impl Pager {
         Ok(Bytes::from(buf))
     }
 
+    /// Drops cached main-file images of `pages` (their copy in the main file was replaced).
+    pub fn forget_main(&self, pages: impl IntoIterator<Item = PageNo>) {
+        for p in pages {
+            self.cache.remove(&(p.get(), MAIN_FILE));
+        }
+    }
+
     /// Puts freshly committed images in the cache: they are the likeliest to be read next.
     pub fn cache_committed(&self, lsn: Lsn, pages: &[(PageNo, Bytes)]) {
         for (p, image) in pages {

@@ -6,6 +6,7 @@
 //! manifest/<id>                 metadata log; create-if-absent; dense ids 1, 2, 3, …
 //! snap/<lsn>-<nonce>/part-<n>   snapshot parts; unique names
 //! gc/<name>.boundary            GC watermarks; advanced by CAS, never moved back
+//! compact/<first>-<last>-<nonce> compacted runs of segments (restore speed); unique names
 //! ```
 
 use crate::{FormatError, Lsn, ManifestId, Slot};
@@ -14,6 +15,7 @@ pub const SEGMENT_PREFIX: &str = "seg/";
 pub const MANIFEST_PREFIX: &str = "manifest/";
 pub const SNAPSHOT_PREFIX: &str = "snap/";
 pub const GC_PREFIX: &str = "gc/";
+pub const COMPACT_PREFIX: &str = "compact/";
 
 pub fn segment(slot: Slot) -> String {
     format!("{SEGMENT_PREFIX}{slot}")
@@ -30,6 +32,14 @@ pub fn snapshot_dir(lsn: Lsn, nonce: &[u8; 16]) -> String {
 
 pub fn snapshot_part(dir: &str, part: u32) -> String {
     format!("{dir}/part-{part:05}")
+}
+
+/// `compact/<lsn_first>-<lsn_last>-<nonce>`: a compacted run, named by its LSN range.
+pub fn compacted(lsn_first: Lsn, lsn_last: Lsn, nonce: &[u8; 16]) -> String {
+    format!(
+        "{COMPACT_PREFIX}{lsn_first}-{lsn_last}-{}",
+        hex::encode(nonce)
+    )
 }
 
 pub fn gc_boundary(name: &str) -> String {

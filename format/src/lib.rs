@@ -10,6 +10,7 @@
 
 pub mod boundary;
 mod checksum;
+pub mod compact;
 mod error;
 mod hash;
 mod ids;

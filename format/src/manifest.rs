@@ -45,6 +45,31 @@ pub struct Manifest {
     pub retention_ms: u64,
     pub pins: Vec<Pin>,
     pub parent: Option<Parent>,
+    /// Compacted runs of segments a restore may apply instead of the segments themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compactions: Vec<CompactionRef>,
+}
+
+/// A published compacted run (`compact.rs`): the net effect of slots `slot_first..=slot_last`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionRef {
+    pub key: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub lsn_first: u64,
+    pub lsn_last: u64,
+    pub slot_first: u64,
+    pub slot_last: u64,
+    /// Hex hash of the segment at `slot_last`: the chain continues from it.
+    pub last_segment_hash: String,
+    /// Writer epoch of the segment at `slot_last`.
+    pub epoch: u64,
+    /// Hex state checksums before `lsn_first` and after `lsn_last`.
+    pub checksum_before: String,
+    pub checksum_after: String,
+    /// Commit time of `lsn_last`.
+    pub time_ms: u64,
 }
 
 /// A published snapshot: the image at `lsn`, in parts.
@@ -128,6 +153,7 @@ impl Manifest {
             retention_ms: RETENTION_MS_DEFAULT,
             pins: Vec::new(),
             parent: None,
+            compactions: Vec::new(),
         }
     }
 

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::StreamExt;
 use hadal_engine::{Commit, Database, Durability, ImageHeader, Options};
-use hadal_format::manifest::{SnapshotRef, parse_checksum_hex};
+use hadal_format::compact::CompactedRun;
+use hadal_format::manifest::{CompactionRef, SnapshotRef, parse_checksum_hex};
 use hadal_format::segment::SegmentCommit;
 use hadal_format::snapshot::SnapshotPart;
 use hadal_format::{Lsn, ObjectHash, PageNo, Slot, keys};
@@ -289,7 +290,13 @@ fn restore_bounded<'a>(
                 _ => ChainCursor::within(db_id, slot, local.lsn(), local.checksum()),
             };
         }
-        let (s, b) = replay(log, db, &mut cursor, stop, progress).await?;
+        let runs = if stop.time_ms.is_none() {
+            manifest.compactions.as_slice()
+        } else {
+            // Compacted runs end at an LSN; a time target needs every commit's time.
+            &[]
+        };
+        let (s, b) = replay(log, db, &mut cursor, stop, runs, progress).await?;
         segments += s;
         bytes += b;
         let r = db.begin_read();
@@ -519,28 +526,84 @@ async fn replay(
     db: &Database,
     cursor: &mut ChainCursor,
     stop: Stop,
+    runs: &[CompactionRef],
     progress: Option<ProgressFn<'_>>,
 ) -> Result<(u64, u64)> {
-    if stop.lsn.is_some_and(|l| db.lsn() >= l) {
-        return Ok((0, 0));
+    let (mut segments, mut bytes) = (0u64, 0u64);
+    loop {
+        if stop.lsn.is_some_and(|l| db.lsn() >= l) {
+            return Ok((segments, bytes));
+        }
+        // A compacted run that starts here and ends at or before the target replaces its
+        // segments; the longest one wins.
+        let run = runs
+            .iter()
+            .filter(|r| {
+                r.slot_first == cursor.slot.get()
+                    && r.lsn_first == db.lsn().get() + 1
+                    && stop.lsn.is_none_or(|l| r.lsn_last <= l.get())
+            })
+            .max_by_key(|r| r.lsn_last);
+        if let Some(run) = run
+            && let Some(read) = apply_compacted(log, db, cursor, run).await?
+        {
+            segments += run.slot_last - run.slot_first + 1;
+            bytes += read;
+            if let Some(report) = progress {
+                report(Progress {
+                    lsn: db.lsn(),
+                    segments,
+                    bytes,
+                });
+            }
+            continue;
+        }
+        let next_run = runs
+            .iter()
+            .map(|r| r.slot_first)
+            .filter(|s| *s > cursor.slot.get())
+            .min();
+        let (s, b, more) =
+            replay_segments(log, db, cursor, stop, next_run, progress, segments, bytes).await?;
+        segments = s;
+        bytes = b;
+        if !more {
+            return Ok((segments, bytes));
+        }
     }
+}
+
+/// Applies segments from the cursor on, until the target, the end of the log, or the slot
+/// `until` (exclusive). Returns the running totals and whether to go on (the slot `until` was
+/// reached).
+#[allow(clippy::too_many_arguments)]
+async fn replay_segments(
+    log: &BucketLog,
+    db: &Database,
+    cursor: &mut ChainCursor,
+    stop: Stop,
+    until: Option<u64>,
+    progress: Option<ProgressFn<'_>>,
+    mut segments: u64,
+    mut bytes: u64,
+) -> Result<(u64, u64, bool)> {
     let first = cursor.slot.get();
-    let mut fetches = futures::stream::iter(first..)
+    let last = until.unwrap_or(u64::MAX);
+    let mut fetches = futures::stream::iter(first..last)
         .map(|s| log.segment(Slot::new(s)))
         .buffered(FETCH_AHEAD_SEGMENTS);
-    let (mut segments, mut bytes) = (0u64, 0u64);
     while let Some(fetched) = fetches.next().await {
         let Some(at) = fetched? else {
             // Drop the fetches still parked ahead first: a store serving one connection at a
             // time (moto) would otherwise wait on a request that is never driven.
             drop(fetches);
             log.check_end(cursor.slot).await?;
-            break;
+            return Ok((segments, bytes, false));
         };
         segments += 1;
         bytes += at.bytes as u64;
         if apply_segment(db, cursor, at, stop, Durability::NoSync)? {
-            return Ok((segments, bytes));
+            return Ok((segments, bytes, false));
         }
         if let Some(report) = progress {
             report(Progress {
@@ -550,7 +613,84 @@ async fn replay(
             });
         }
     }
-    Ok((segments, bytes))
+    Ok((segments, bytes, until.is_some()))
+}
+
+/// Applies a compacted run in place of its segments and moves the cursor past them. Returns
+/// the bytes read, or `None` when the local database cannot take it now (a snapshot reader
+/// holds the WAL, so it cannot be checkpointed): then the segments are replayed instead.
+async fn apply_compacted(
+    log: &BucketLog,
+    db: &Database,
+    cursor: &mut ChainCursor,
+    run: &CompactionRef,
+) -> Result<Option<u64>> {
+    let object = log
+        .bucket()
+        .get(&run.key)
+        .await?
+        .ok_or_else(|| Error::corrupt(&run.key, "named by the manifest but missing"))?;
+    let (compacted, hash) =
+        CompactedRun::decode(&object.bytes).map_err(|e| Error::format(&run.key, e))?;
+    let bad = |detail: &str| Err(Error::corrupt(&run.key, detail));
+    if Some(hash) != ObjectHash::from_hex(&run.sha256) {
+        return bad("its hash differs from the one the manifest records");
+    }
+    let before =
+        parse_checksum_hex(&run.checksum_before).map_err(|e| Error::format("manifest", e))?;
+    let after =
+        parse_checksum_hex(&run.checksum_after).map_err(|e| Error::format("manifest", e))?;
+    let last_hash = ObjectHash::from_hex(&run.last_segment_hash).ok_or_else(|| {
+        Error::corrupt(
+            "manifest",
+            "a compaction's last_segment_hash is not hex SHA-256",
+        )
+    })?;
+    if compacted.db_id != cursor.db_id
+        || compacted.lsn_first.get() != run.lsn_first
+        || compacted.lsn_last.get() != run.lsn_last
+        || compacted.slot_first.get() != run.slot_first
+        || compacted.slot_last.get() != run.slot_last
+        || compacted.checksum_before != before
+        || compacted.checksum_after != after
+    {
+        return bad("its header differs from the manifest's record of it");
+    }
+    if before != cursor.checksum {
+        return bad("its checksum_before differs from the state the log reached");
+    }
+    db.checkpoint()?;
+    let pages: Vec<(PageNo, Bytes)> = compacted
+        .pages
+        .into_iter()
+        .map(|(p, image)| (p, Bytes::from(image)))
+        .collect();
+    let image = ImageHeader {
+        lsn: compacted.lsn_last,
+        page_count: compacted.page_count,
+        checksum: after,
+        time_ms: compacted.time_ms,
+    };
+    match db.apply_delta(image, before, &pages) {
+        Ok(()) => {}
+        Err(e) if e.kind() == hadal_engine::ErrorKind::Invalid => {
+            tracing::debug!(key = run.key, error = %e, "replaying the segments of a compacted run instead");
+            return Ok(None);
+        }
+        Err(e) if e.kind() == hadal_engine::ErrorKind::Corrupt => {
+            return Err(Error::corrupt(&run.key, e));
+        }
+        Err(e) => return Err(Error::Engine(e)),
+    }
+    *cursor = ChainCursor {
+        db_id: cursor.db_id,
+        slot: Slot::new(run.slot_last + 1),
+        prev_hash: last_hash,
+        epoch: hadal_format::Epoch::new(run.epoch),
+        lsn: compacted.lsn_last,
+        checksum: after,
+    };
+    Ok(Some(object.bytes.len() as u64))
 }
 
 /// Verifies that `at` continues the chain at `cursor` and applies its commits past the local

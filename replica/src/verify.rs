@@ -19,7 +19,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
-use hadal_format::manifest::{Manifest, SnapshotRef, parse_checksum_hex};
+use hadal_format::compact::CompactedRun;
+use hadal_format::manifest::{
+    CompactionRef, Manifest, SnapshotRef, checksum_hex, parse_checksum_hex,
+};
 use hadal_format::segment::SegmentKind;
 use hadal_format::snapshot::SnapshotPart;
 use hadal_format::{Lsn, ManifestId, ObjectHash, PageNo, Slot, StateChecksum, keys};
@@ -28,6 +31,45 @@ use hadal_transports::DynBucket;
 use crate::error::{Error, Result};
 use crate::log::{BucketLog, ChainCursor};
 use crate::restore::{BranchPoint, FETCH_AHEAD_SEGMENTS, PARALLEL_PART_DOWNLOADS, open_parent};
+
+/// Checks a compacted run: its object matches the manifest's record (hash, LSN and slot
+/// range, checksums) and the log's state at its last LSN is the one it leads to.
+async fn verify_compacted(
+    log: &BucketLog,
+    db_id: [u8; 16],
+    run: &CompactionRef,
+    at_lsn: &StatesAt,
+) -> Result<()> {
+    let object = log
+        .bucket()
+        .get(&run.key)
+        .await?
+        .ok_or_else(|| Error::corrupt(&run.key, "named by the manifest but missing"))?;
+    let (compacted, hash) =
+        CompactedRun::decode(&object.bytes).map_err(|e| Error::format(&run.key, e))?;
+    let fail = |detail: String| Err(Error::corrupt(&run.key, detail));
+    if Some(hash) != ObjectHash::from_hex(&run.sha256) {
+        return fail("its hash differs from the one the manifest records".into());
+    }
+    if compacted.db_id != db_id
+        || compacted.lsn_first.get() != run.lsn_first
+        || compacted.lsn_last.get() != run.lsn_last
+        || compacted.slot_first.get() != run.slot_first
+        || compacted.slot_last.get() != run.slot_last
+        || checksum_hex(compacted.checksum_before) != run.checksum_before
+        || checksum_hex(compacted.checksum_after) != run.checksum_after
+    {
+        return fail("its header differs from the manifest's record of it".into());
+    }
+    match at_lsn.get(&run.lsn_last) {
+        Some((checksum, _)) if *checksum == compacted.checksum_after => Ok(()),
+        Some((checksum, _)) => fail(format!(
+            "it leads to state checksum {} but the log has {checksum} at lsn {}",
+            compacted.checksum_after, run.lsn_last
+        )),
+        None => fail(format!("no segment holds its last lsn {}", run.lsn_last)),
+    }
+}
 
 /// Checks a branch's link to its parent: the parent still pins the branch point, and its
 /// segment at the point's slot has the recorded hash and holds the point's commit with the
@@ -106,6 +148,8 @@ pub struct VerifyReport {
     pub snapshots: u64,
     pub snapshot_parts: u64,
     pub bytes: u64,
+    /// Compacted runs named by the latest manifest, each checked against the log.
+    pub compacted_runs: u64,
     /// For a branch: the parent's URL and the branch point's LSN, both checked.
     pub parent: Option<(String, u64)>,
 }
@@ -135,7 +179,12 @@ pub async fn verify(
         verify_parent(point).await?;
         report.parent = Some((point.url.clone(), point.lsn.get()));
     }
-    let wanted: BTreeSet<u64> = latest.snapshots.iter().map(|s| s.lsn).collect();
+    let wanted: BTreeSet<u64> = latest
+        .snapshots
+        .iter()
+        .map(|s| s.lsn)
+        .chain(latest.compactions.iter().map(|r| r.lsn_last))
+        .collect();
     let at_lsn = verify_segments(
         &log,
         &latest,
@@ -148,6 +197,10 @@ pub async fn verify(
     .await?;
     for snap in &latest.snapshots {
         verify_snapshot(&log, &latest, db_id, snap, &at_lsn, &mut report).await?;
+    }
+    for run in &latest.compactions {
+        verify_compacted(&log, db_id, run, &at_lsn).await?;
+        report.compacted_runs += 1;
     }
     Ok(report)
 }

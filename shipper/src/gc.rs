@@ -121,6 +121,43 @@ pub async fn collect(bucket: DynBucket, now_ms: u64, options: &GcOptions) -> Res
             }
         }
     }
+    // Compacted runs that start before the base: no restore starts early enough to use them.
+    let base_slot = base.as_ref().map_or(0, |b| b.slot);
+    let base_lsn = base.as_ref().map_or(0, |b| b.lsn);
+    let dropped_runs: Vec<String> = m
+        .compactions
+        .iter()
+        .filter(|r| base.is_some() && r.slot_first <= base_slot)
+        .map(|r| r.key.clone())
+        .collect();
+    for key in &dropped_runs {
+        doomed.push(Doomed {
+            key: key.clone(),
+            reason: format!("compacted run starts before the base snapshot's slot {base_slot}"),
+        });
+    }
+    // Compacted objects no manifest names, ending at or before the base (abandoned uploads;
+    // a compactor's fresh upload always ends past the newest snapshot).
+    let named_runs: BTreeSet<&str> = m.compactions.iter().map(|r| r.key.as_str()).collect();
+    let mut listing = log.bucket().list(keys::COMPACT_PREFIX, None);
+    while let Some(info) = listing.next().await {
+        let info = info?;
+        let lsn_last = info
+            .key
+            .strip_prefix(keys::COMPACT_PREFIX)
+            .and_then(|rest| rest.split('-').nth(1))
+            .and_then(|l| l.parse::<u64>().ok());
+        if named_runs.contains(info.key.as_str()) || base.is_none() {
+            continue;
+        }
+        if lsn_last.is_some_and(|l| l <= base_lsn) {
+            doomed.push(Doomed {
+                key: info.key.clone(),
+                reason: "an abandoned compacted run (no manifest names it) before the base".into(),
+            });
+        }
+    }
+    drop(listing);
     for snap in &dropped_snapshots {
         for part in &snap.parts {
             doomed.push(Doomed {
@@ -176,7 +213,9 @@ pub async fn collect(bucket: DynBucket, now_ms: u64, options: &GcOptions) -> Res
 
     // 1. Restores start at the base from now on.
     if let Some(base) = &base
-        && (m.replay_start_slot < base.slot || !dropped_snapshots.is_empty())
+        && (m.replay_start_slot < base.slot
+            || !dropped_snapshots.is_empty()
+            || !dropped_runs.is_empty())
     {
         let (base_lsn, base_slot) = (base.lsn, base.slot);
         let published = manifest::update(&log, now_ms, |next| {
@@ -188,6 +227,7 @@ pub async fn collect(bucket: DynBucket, now_ms: u64, options: &GcOptions) -> Res
             }
             next.replay_start_slot = next.replay_start_slot.max(base_slot);
             next.snapshots.retain(|s| s.lsn >= base_lsn);
+            next.compactions.retain(|r| r.slot_first > base_slot);
             Ok(())
         })
         .await?;

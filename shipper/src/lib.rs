@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod branch;
+pub mod compact;
 mod error;
 pub mod gc;
 mod manifest;
