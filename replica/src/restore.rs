@@ -239,10 +239,22 @@ fn restore_bounded<'a>(
                 // The target lies inside the parent's history.
                 return Ok(from_parent);
             }
-            if from_parent.checksum != point.checksum
-                || (from_parent.cursor.prev_hash != ObjectHash::ZERO
-                    && from_parent.cursor.prev_hash != point.segment_hash)
+            // The segment at the point must be the one the branch records: read off the
+            // cursor when the replay ended in it, else (a snapshot at the point, or a compacted
+            // run reaching past it over fences) read its header.
+            let segment_hash = if point.lsn == Lsn::ZERO {
+                ObjectHash::ZERO
+            } else if from_parent.cursor.slot == point.slot.next()
+                && from_parent.cursor.prev_hash != ObjectHash::ZERO
             {
+                from_parent.cursor.prev_hash
+            } else {
+                parent_log
+                    .segment_header(point.slot)
+                    .await?
+                    .map_or(ObjectHash::ZERO, |(_, hash)| hash)
+            };
+            if from_parent.checksum != point.checksum || segment_hash != point.segment_hash {
                 return Err(Error::corrupt(
                     format!("{}/{}", point.url, keys::segment(point.slot)),
                     format!(
