@@ -129,8 +129,8 @@ pub fn table(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "store        {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "s", "MiB/s", "s", "MiB/s", ""
+        "store        {:>9} {:>9} {:>9} {:>9}",
+        "s", "MiB/s", "s", "MiB/s"
     );
     let bytes = objects.bytes();
     for run in &results.stores {
