@@ -8,12 +8,20 @@
 //!   checked against the data.
 //! * `shipping`: strict shipping against SlateDB on one latency-injected in-memory object store
 //!   (issue 4, item 6). Prints the table and writes `target/hadal-bench/shipping.json`.
+//! * `restore`: a restore to the head against a raw parallel download of the same objects, on
+//!   latency-injected stores and a `file://` bucket (issue 5, item 6). Writes
+//!   `target/hadal-bench/restore.json`.
+//! * `replica`: a follower's lag behind a strict writer under a steady write load on a
+//!   latency-injected store (issue 5, item 6). Writes `target/hadal-bench/replica.json`.
 
 mod engines;
 mod meter;
+mod replica;
 mod report;
+mod restore;
 mod shipping;
 mod workload;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -45,6 +53,84 @@ enum Command {
     Engine(EngineArgs),
     /// Items (a)-(e) of issue 4: strict shipping against SlateDB on one latency-injected store.
     Shipping(ShippingArgs),
+    /// Issue 5: a restore to the head against a raw download of the same objects, per store.
+    Restore(RestoreArgs),
+    /// Issue 5: a follower's lag behind a strict writer under a steady write load.
+    Replica(ReplicaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// Mean latency of every object-store request, in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    request_ms: f64,
+    /// Each request's latency is uniform in request-ms ± jitter-ms.
+    #[arg(long, default_value_t = 10.0)]
+    jitter_ms: f64,
+    /// Seed of the latency draws.
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+    /// Download bandwidth of one request on the `bandwidth` store, MiB/s.
+    #[arg(long, default_value_t = 80.0)]
+    bandwidth_mib_s: f64,
+    /// MiB of keys and values in the database.
+    #[arg(long, default_value_t = 192)]
+    mib: u64,
+    /// Percent of the data written after the snapshot (the tail of segments).
+    #[arg(long, default_value_t = 25)]
+    tail_percent: u64,
+    /// Bytes of every value (keys are 16 bytes).
+    #[arg(long, default_value_t = 900)]
+    value_bytes: usize,
+    /// Keys per commit while building.
+    #[arg(long, default_value_t = 1000)]
+    commit_keys: usize,
+    /// Restores and raw downloads per store (the table shows medians).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Stores to run on, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "latency,bandwidth,file")]
+    stores: Vec<restore::StoreName>,
+    /// A smoke run of a few seconds: 16 MiB of data, one round.
+    #[arg(long)]
+    quick: bool,
+    /// Folder for local files [default: <workspace>/target/hadal-bench/scratch].
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Where to write the JSON [default: <workspace>/target/hadal-bench/restore.json].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplicaArgs {
+    /// Mean latency of every object-store request, in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    request_ms: f64,
+    /// Each request's latency is uniform in request-ms ± jitter-ms.
+    #[arg(long, default_value_t = 10.0)]
+    jitter_ms: f64,
+    /// Seed of the latency draws.
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+    /// The follower's poll interval (its poll_min and poll_max), in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    poll_ms: f64,
+    /// Single-key strict commits offered per second (open loop).
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Seconds of measured load (after 2 s of warm-up).
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// A smoke run of a few seconds (0.5 s warm-up, 3 s measured).
+    #[arg(long)]
+    quick: bool,
+    /// Folder for local files [default: <workspace>/target/hadal-bench/scratch].
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Where to write the JSON [default: <workspace>/target/hadal-bench/replica.json].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,7 +188,143 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Engine(args) => run_engine_benchmark(&args),
         Command::Shipping(args) => run_shipping_benchmark(&args),
+        Command::Restore(args) => run_restore_benchmark(&args),
+        Command::Replica(args) => run_replica_benchmark(&args),
     }
+}
+
+/// The latency model of `--request-ms`, `--jitter-ms` and `--seed`, checked.
+fn latency_model(request_ms: f64, jitter_ms: f64, seed: u64) -> Result<LatencyModel> {
+    let model = LatencyModel {
+        mean: millis(request_ms, "--request-ms")?,
+        jitter: millis(jitter_ms, "--jitter-ms")?,
+        seed,
+    };
+    ensure!(
+        model.jitter <= model.mean,
+        "--jitter-ms ({jitter_ms}) must not exceed --request-ms ({request_ms})"
+    );
+    Ok(model)
+}
+
+/// The scratch folder (created) and the JSON path, from the flags or their defaults.
+fn bench_paths(
+    scratch: &Option<PathBuf>,
+    out: &Option<PathBuf>,
+    name: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let bench_dir = workspace_root().join("target").join("hadal-bench");
+    let scratch = scratch.clone().unwrap_or_else(|| bench_dir.join("scratch"));
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("create scratch folder {}", scratch.display()))?;
+    let out = out
+        .clone()
+        .unwrap_or_else(|| bench_dir.join(format!("{name}.json")));
+    Ok((scratch, out))
+}
+
+/// Adds versions and the machine to `doc` and writes it to `out`.
+fn write_json(mut doc: serde_json::Value, out: &Path, packages: &[&str]) -> Result<()> {
+    let root = workspace_root();
+    let mut versions = serde_json::Map::new();
+    for name in packages {
+        versions.insert(name.to_string(), json!(locked_version(&root, name)));
+    }
+    doc["versions"] = serde_json::Value::Object(versions);
+    doc["machine"] = machine();
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("write {}", out.display()))?;
+    progress(&format!("wrote {}", out.display()));
+    Ok(())
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")
+}
+
+fn run_restore_benchmark(args: &RestoreArgs) -> Result<()> {
+    let model = latency_model(args.request_ms, args.jitter_ms, args.seed)?;
+    ensure!(
+        args.bandwidth_mib_s.is_finite() && args.bandwidth_mib_s > 0.0,
+        "--bandwidth-mib-s must be above 0, not {}",
+        args.bandwidth_mib_s
+    );
+    ensure!(args.mib > 0, "--mib must be at least 1");
+    ensure!(
+        (1..=90).contains(&args.tail_percent),
+        "--tail-percent must be 1 to 90, not {}",
+        args.tail_percent
+    );
+    ensure!(
+        (1..=900).contains(&args.value_bytes),
+        "--value-bytes must be 1 to 900 (values stay inside leaf pages), not {}",
+        args.value_bytes
+    );
+    ensure!(args.commit_keys > 0, "--commit-keys must be at least 1");
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let mut stores = Vec::new();
+    for &name in &args.stores {
+        if !stores.contains(&name) {
+            stores.push(name);
+        }
+    }
+    ensure!(!stores.is_empty(), "--stores names no store");
+    let plan = restore::Plan {
+        model,
+        bandwidth_bytes_per_s: args.bandwidth_mib_s * 1024.0 * 1024.0,
+        data_bytes: if args.quick { 16 } else { args.mib } * 1024 * 1024,
+        tail_percent: args.tail_percent,
+        value_bytes: args.value_bytes,
+        commit_keys: args.commit_keys,
+        rounds: if args.quick { 1 } else { args.rounds },
+        stores,
+    };
+    let (scratch, out) = bench_paths(&args.scratch, &args.out, "restore")?;
+    let results = tokio_runtime()?.block_on(restore::run(&plan, &scratch))?;
+    print!("{}", restore::report::table(&results));
+    write_json(
+        restore::report::json(&results),
+        &out,
+        &["hadal-replica", "hadal-shipper", "object_store"],
+    )
+}
+
+fn run_replica_benchmark(args: &ReplicaArgs) -> Result<()> {
+    let model = latency_model(args.request_ms, args.jitter_ms, args.seed)?;
+    let poll = millis(args.poll_ms, "--poll-ms")?;
+    ensure!(!poll.is_zero(), "--poll-ms must be above 0");
+    ensure!(
+        args.rate.is_finite() && (1.0..=100_000.0).contains(&args.rate),
+        "--rate must be 1 to 100000 commits/s, not {}",
+        args.rate
+    );
+    ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0,
+        "--seconds must be above 0, not {}",
+        args.seconds
+    );
+    let plan = replica::Plan {
+        model,
+        poll,
+        rate: args.rate,
+        warmup: Duration::from_millis(if args.quick { 500 } else { 2000 }),
+        duration: Duration::from_secs_f64(if args.quick { 3.0 } else { args.seconds }),
+        bare_gets: if args.quick { 40 } else { 400 },
+    };
+    let (scratch, out) = bench_paths(&args.scratch, &args.out, "replica")?;
+    let results = tokio_runtime()?.block_on(replica::run(&plan, &scratch))?;
+    print!("{}", replica::report::table(&results));
+    write_json(
+        replica::report::json(&results),
+        &out,
+        &["hadal-replica", "hadal-shipper", "object_store"],
+    )
 }
 
 fn millis(value: f64, flag: &str) -> Result<Duration> {

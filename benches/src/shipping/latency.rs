@@ -16,6 +16,9 @@
 //! 3. "Log" requests are the PUTs under `log_prefix` (Hadal's `seg/`, SlateDB's `wal/`): the
 //!    writes on the commit path. The decorator tracks how many are in flight at once and the
 //!    most ever seen, which is what item (d) checks.
+//! 4. Optionally ([`LatencyStore::with_download_bandwidth`], the restore benchmark), a GET's
+//!    body also takes `bytes / bandwidth` to arrive, after its latency, as if every request had
+//!    its own connection of that speed (no shared cap). Without it a body costs nothing.
 
 use std::fmt;
 use std::ops::Range;
@@ -101,6 +104,8 @@ struct Shared {
     model: LatencyModel,
     draws: AtomicU64,
     log_prefix: String,
+    /// Bytes per second one GET body arrives at; `None`: instantly.
+    download_bytes_per_s: Option<f64>,
     counters: Counters,
 }
 
@@ -111,6 +116,15 @@ impl Shared {
 
     async fn wait(&self) {
         tokio::time::sleep(self.next_wait()).await;
+    }
+
+    /// The time a GET body of `bytes` takes to arrive over one connection.
+    async fn download(&self, bytes: u64) {
+        if let Some(rate) = self.download_bytes_per_s
+            && bytes > 0
+        {
+            tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate)).await;
+        }
     }
 
     fn count_put(&self, bytes: usize) {
@@ -148,12 +162,33 @@ pub struct LatencyStore {
 impl LatencyStore {
     /// Wraps `inner`; PUTs to paths starting with `log_prefix` are counted as log writes.
     pub fn new(inner: Arc<dyn ObjectStore>, model: LatencyModel, log_prefix: &str) -> Self {
+        Self::build(inner, model, log_prefix, None)
+    }
+
+    /// As [`LatencyStore::new`], and every GET body then takes `bytes / bytes_per_s` to arrive
+    /// (invariant 4): a per-connection download bandwidth.
+    pub fn with_download_bandwidth(
+        inner: Arc<dyn ObjectStore>,
+        model: LatencyModel,
+        log_prefix: &str,
+        bytes_per_s: f64,
+    ) -> Self {
+        Self::build(inner, model, log_prefix, Some(bytes_per_s))
+    }
+
+    fn build(
+        inner: Arc<dyn ObjectStore>,
+        model: LatencyModel,
+        log_prefix: &str,
+        download_bytes_per_s: Option<f64>,
+    ) -> Self {
         Self {
             inner,
             shared: Arc::new(Shared {
                 model,
                 draws: AtomicU64::new(0),
                 log_prefix: log_prefix.to_owned(),
+                download_bytes_per_s: download_bytes_per_s.filter(|r| r.is_finite() && *r > 0.0),
                 counters: Counters::default(),
             }),
         }
@@ -232,13 +267,24 @@ impl ObjectStore for LatencyStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.shared.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.shared.wait().await;
-        self.inner.get_opts(location, options).await
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        if !head {
+            self.shared
+                .download(result.range.end - result.range.start)
+                .await;
+        }
+        Ok(result)
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.shared.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.shared.wait().await;
-        self.inner.get_ranges(location, ranges).await
+        let bodies = self.inner.get_ranges(location, ranges).await?;
+        self.shared
+            .download(bodies.iter().map(|b| b.len() as u64).sum())
+            .await;
+        Ok(bodies)
     }
 
     fn delete_stream(
@@ -364,6 +410,44 @@ mod tests {
             (0..100).map(|n| model.draw(n)).collect::<Vec<_>>(),
             (0..100).map(|n| other.draw(n)).collect::<Vec<_>>()
         );
+    }
+
+    // Proves the download bandwidth makes a GET wait for its body (1 MiB at 20 MiB/s: 50 ms on
+    // top of a 1 ms latency) while a HEAD, which has no body, does not.
+    #[tokio::test]
+    async fn download_bandwidth_delays_bodies_only() {
+        use object_store::ObjectStoreExt;
+        let model = LatencyModel {
+            mean: Duration::from_millis(1),
+            jitter: Duration::ZERO,
+            seed: 1,
+        };
+        let store = LatencyStore::with_download_bandwidth(
+            Arc::new(object_store::memory::InMemory::new()),
+            model,
+            "",
+            20.0 * 1024.0 * 1024.0,
+        );
+        let path = Path::from("big");
+        store
+            .put(&path, PutPayload::from(vec![7u8; 1024 * 1024]))
+            .await
+            .expect("put");
+        let started = std::time::Instant::now();
+        store.head(&path).await.expect("head");
+        let head = started.elapsed();
+        let started = std::time::Instant::now();
+        let body = store
+            .get(&path)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        let get = started.elapsed();
+        assert_eq!(body.len(), 1024 * 1024);
+        assert!(get >= Duration::from_millis(50), "GET took {get:?}");
+        assert!(head < Duration::from_millis(40), "HEAD took {head:?}");
     }
 
     // Proves PUTs are counted with their bytes, log PUTs separately, and that the in-flight
