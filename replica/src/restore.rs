@@ -244,15 +244,18 @@ fn describe(target: Target) -> String {
     }
 }
 
-/// Downloads a snapshot's parts in parallel and installs the image into an empty `db`.
-async fn install_snapshot(
+/// Downloads a snapshot's parts in parallel and installs the image into `db`: an empty one,
+/// or (a follower re-bootstrapping, see `follow.rs`) one whose image is older.
+pub(crate) async fn install_snapshot(
     log: &BucketLog,
     db: &Database,
     db_id: [u8; 16],
     snap: &SnapshotRef,
 ) -> Result<()> {
     let bucket = log.bucket();
-    let parts: Vec<SnapshotPart> = futures::stream::iter(snap.parts.iter())
+    // Owned part references: a closure over borrowed ones makes this future not provably
+    // `Send`, and the follower awaits it inside its spawned task.
+    let parts: Vec<SnapshotPart> = futures::stream::iter(snap.parts.iter().cloned())
         .map(|part_ref| async move {
             let object = bucket.get(&part_ref.key).await?.ok_or_else(|| {
                 Error::corrupt(&part_ref.key, "listed in the manifest but missing")
