@@ -58,6 +58,9 @@ pub struct Options {
     pub manifest_poll: Duration,
     /// A snapshot is taken when a restore would take longer than this, by estimate.
     pub restore_budget: Duration,
+    /// How often the writer collects what the retention window no longer needs, in the
+    /// background (the first pass one interval after open); `None` leaves it to `hadal gc`.
+    pub gc_interval: Option<Duration>,
     /// Open for reads only: no takeover of the bucket (which would fence its current writer),
     /// nothing written to the folder; every write is refused. The bucket, if given, is only
     /// checked against the folder's binding.
@@ -79,6 +82,7 @@ impl Options {
             interval: shipper.interval,
             manifest_poll: shipper.manifest_poll,
             restore_budget: shipper.restore_budget,
+            gc_interval: shipper.gc_interval,
             read_only: false,
             engine: EngineOptions::default(),
         }
@@ -263,6 +267,7 @@ impl Database {
                     interval: options.interval,
                     manifest_poll: options.manifest_poll,
                     restore_budget: options.restore_budget,
+                    gc_interval: options.gc_interval,
                     ..ShipperOptions::default()
                 };
                 let takeover::Attached { engine, shipper } =

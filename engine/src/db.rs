@@ -11,6 +11,11 @@
 //!    shipping retention is on).
 //! 4. After a failed WAL write or sync the database is poisoned: every later write fails with
 //!    `Closed` until it is reopened, because the kernel may have dropped the dirty pages.
+//! 5. Replacing a non-empty image (`install_image` on a replica behind the bucket's GC) never
+//!    lets a reader mix images: read snapshots of the old image are refused from the moment it
+//!    is discarded (`Pager::discard_image`). On disk the order is WAL truncated → superblock of
+//!    an empty database → new pages → superblock of the new image, each step synced, so a
+//!    crash leaves the old checkpoint, an empty database, or the new image, never a mixture.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -277,6 +282,7 @@ impl Database {
             page_count: tip.page_count,
             checksum: tip.checksum,
             time_ms: tip.time_ms,
+            image: 0,
         });
         let inner = Arc::new(Inner {
             pager,
@@ -430,10 +436,19 @@ impl Database {
         self.inner.commit_pages(&base, pending, durability)
     }
 
-    /// Seeds an empty database with a whole image at `lsn` (a snapshot from the bucket): the
-    /// pages go straight to the main file and a superblock makes them the checkpoint. The
-    /// pages must be exactly `0..page_count`, in order; the state checksum they give must equal
-    /// `checksum`, or nothing is installed. Later commits then arrive through `apply_commit`.
+    /// Installs a whole image at `image.lsn` (a snapshot from the bucket): seeds an empty
+    /// database, or replaces the image of one that is behind it (a replica that fell behind the
+    /// bucket's GC re-bootstraps). The pages go straight to the main file and a superblock makes
+    /// them the checkpoint. The pages must be exactly `0..page_count`, in order; the state
+    /// checksum they give must equal `image.checksum`. Later commits arrive through
+    /// `apply_commit`.
+    ///
+    /// Replacing a non-empty image first discards it (invariant 5): read snapshots of the old
+    /// image fail from then on with [`ErrorKind::Retry`], also those begun while the new image
+    /// is written; none ever mixes the two. If the new image turns out wrong (a checksum, an
+    /// I/O error), the database is left empty at LSN 0, on disk and for readers, and the error
+    /// is returned (an I/O error also poisons it). Seeding an empty database that fails leaves
+    /// it empty as it was.
     pub fn install_image(
         &self,
         image: ImageHeader,
@@ -441,70 +456,38 @@ impl Database {
     ) -> Result<()> {
         self.inner.check_open()?;
         let _guard = self.inner.writer.lock();
-        if self.inner.current.load().lsn != Lsn::ZERO {
-            return Err(Error::Invalid(
-                "install_image needs an empty database".into(),
-            ));
+        let current = self.inner.current.load_full();
+        if current.lsn != Lsn::ZERO && current.lsn >= image.lsn {
+            return Err(Error::Invalid(format!(
+                "install_image over lsn {:?} needs a newer image, not one at {:?}",
+                current.lsn, image.lsn
+            )));
         }
-        let pager = &self.inner.pager;
-        let object = format!("snapshot image at {:?}", image.lsn);
-        let mut checksum = StateChecksum::EMPTY;
-        let mut expected = 0u32;
-        let main_err = |op, e| Error::io(op, pager.main.name().to_string(), e);
-        for item in pages {
-            let (page_no, bytes) = item?;
-            if page_no.get() != expected || bytes.len() != pager.page_size {
-                return Err(Error::corrupt(
-                    &object,
-                    format!("page {page_no} is out of order or the wrong size"),
-                ));
-            }
-            page::verify(page_no, &bytes)
-                .map_err(|e| Error::corrupt(format!("{object} page {page_no}"), e))?;
-            checksum.add(page_no, &bytes);
-            pager
-                .main
-                .write_at(crate::pager::page_offset(page_no, pager.page_size), &bytes)
-                .map_err(|e| main_err("install image", e))?;
-            expected += 1;
-        }
-        if expected != image.page_count || checksum != image.checksum {
-            return Err(Error::corrupt(
-                &object,
-                format!(
-                    "{expected} pages with checksum {checksum:?}, expected {} pages with {:?}",
-                    image.page_count, image.checksum
-                ),
-            ));
-        }
-        pager
-            .main
-            .sync()
-            .map_err(|e| main_err("install image", e))?;
-        let sb = {
-            let current = *pager.superblock.lock();
-            Superblock {
-                generation: current.generation + 1,
-                checkpoint_lsn: image.lsn,
-                page_count: image.page_count,
-                checksum,
-                checkpoint_time_ms: image.time_ms,
-                ..current
-            }
+        let _checkpoints = self.inner.pager.lock_checkpoints();
+        let number = if current.lsn == Lsn::ZERO {
+            current.image
+        } else {
+            self.inner.discard_image().inspect_err(|e| {
+                self.inner.poison(&e.to_string());
+            })?
         };
-        pager.write_superblock(&sb)?;
-        *pager.superblock.lock() = sb;
-        pager.wal.reset_to(image.lsn, checksum);
-        self.inner
-            .lsn_shipped
-            .store(image.lsn.get(), Ordering::SeqCst);
-        self.inner.publish(Arc::new(Version {
-            lsn: image.lsn,
-            page_count: image.page_count,
-            checksum,
-            time_ms: image.time_ms,
-        }));
-        Ok(())
+        let written = self.inner.write_image(image, pages, number);
+        if let Err(e) = &written
+            && number != current.image
+        {
+            if e.kind() == ErrorKind::Io {
+                self.inner.poison(&e.to_string());
+            }
+            // The old image is gone and the new one did not land: say what the disk says.
+            self.inner.publish(Arc::new(Version {
+                lsn: Lsn::ZERO,
+                page_count: 0,
+                checksum: StateChecksum::EMPTY,
+                time_ms: 0,
+                image: number,
+            }));
+        }
+        written
     }
 
     /// Moves a checkpointed database from its LSN straight to `image.lsn` by a set of page
@@ -565,7 +548,7 @@ impl Database {
             page::verify(*page_no, bytes)
                 .map_err(|e| Error::corrupt(format!("{} page {page_no}", object()), e))?;
             if page_no.get() < base.page_count {
-                let old = pager.read(*page_no, base.lsn, base.page_count)?;
+                let old = pager.read(*page_no, base.lsn, base.page_count, base.image)?;
                 checksum.replace(*page_no, &old, bytes);
             } else {
                 checksum.add(*page_no, bytes);
@@ -583,17 +566,35 @@ impl Database {
                 ),
             ));
         }
+        // Pages are patched in place: first the published image is discarded on disk (a crash
+        // from here on reopens an empty database, never a half-patched one) and readers of the
+        // old image are refused (`Retry`), as `install_image` does when it replaces an image.
+        let _checkpoints = pager.lock_checkpoints();
+        let number = self
+            .inner
+            .discard_image()
+            .inspect_err(|e| self.inner.poison(&e.to_string()))?;
         let main_err = |op, e| Error::io(op, pager.main.name().to_string(), e);
-        for (page_no, bytes) in pages {
-            pager
-                .main
-                .write_at(crate::pager::page_offset(*page_no, pager.page_size), bytes)
-                .map_err(|e| main_err("apply compacted pages", e))?;
+        let written = pages
+            .iter()
+            .try_for_each(|(page_no, bytes)| {
+                pager
+                    .main
+                    .write_at(crate::pager::page_offset(*page_no, pager.page_size), bytes)
+            })
+            .and_then(|()| pager.main.sync())
+            .map_err(|e| main_err("apply compacted pages", e));
+        if let Err(e) = written {
+            self.inner.poison(&e.to_string());
+            self.inner.publish(Arc::new(Version {
+                lsn: Lsn::ZERO,
+                page_count: 0,
+                checksum: StateChecksum::EMPTY,
+                time_ms: 0,
+                image: number,
+            }));
+            return Err(e);
         }
-        pager
-            .main
-            .sync()
-            .map_err(|e| main_err("apply compacted pages", e))?;
         let sb = {
             let current = *pager.superblock.lock();
             Superblock {
@@ -617,6 +618,7 @@ impl Database {
             page_count: image.page_count,
             checksum,
             time_ms: image.time_ms,
+            image: number,
         }));
         Ok(())
     }
@@ -721,6 +723,101 @@ impl Inner {
         self.poisoned.lock().get_or_insert_with(|| why.to_string());
     }
 
+    /// Discards the published image on disk (invariant 5): the WAL goes first (a crash then
+    /// reopens at the old checkpoint), then a superblock of an empty database (a crash then
+    /// reopens empty). Returns the new image number. The published version is left alone, so
+    /// new readers find the old image and are refused, rather than an empty database. Called
+    /// with the writer slot and the checkpoint lock held.
+    fn discard_image(&self) -> Result<u64> {
+        let pager = &self.pager;
+        let number = pager.discard_image()?;
+        let sb = {
+            let current = *pager.superblock.lock();
+            Superblock {
+                generation: current.generation + 1,
+                checkpoint_lsn: Lsn::ZERO,
+                page_count: 0,
+                checksum: StateChecksum::EMPTY,
+                checkpoint_time_ms: 0,
+                ..current
+            }
+        };
+        pager.write_superblock(&sb)?;
+        *pager.superblock.lock() = sb;
+        pager.wal.reset_to(Lsn::ZERO, StateChecksum::EMPTY);
+        self.lsn_shipped.store(0, Ordering::SeqCst);
+        tracing::info!("discarded the local image to install a newer one");
+        Ok(number)
+    }
+
+    /// Writes `image` into the main file of an empty database and publishes it as image number
+    /// `number`. Called with the writer slot and the checkpoint lock held.
+    fn write_image(
+        &self,
+        image: ImageHeader,
+        pages: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
+        number: u64,
+    ) -> Result<()> {
+        let pager = &self.pager;
+        let object = format!("snapshot image at {:?}", image.lsn);
+        let mut checksum = StateChecksum::EMPTY;
+        let mut expected = 0u32;
+        let main_err = |op, e| Error::io(op, pager.main.name().to_string(), e);
+        for item in pages {
+            let (page_no, bytes) = item?;
+            if page_no.get() != expected || bytes.len() != pager.page_size {
+                return Err(Error::corrupt(
+                    &object,
+                    format!("page {page_no} is out of order or the wrong size"),
+                ));
+            }
+            page::verify(page_no, &bytes)
+                .map_err(|e| Error::corrupt(format!("{object} page {page_no}"), e))?;
+            checksum.add(page_no, &bytes);
+            pager
+                .main
+                .write_at(crate::pager::page_offset(page_no, pager.page_size), &bytes)
+                .map_err(|e| main_err("install image", e))?;
+            expected += 1;
+        }
+        if expected != image.page_count || checksum != image.checksum {
+            return Err(Error::corrupt(
+                &object,
+                format!(
+                    "{expected} pages with checksum {checksum:?}, expected {} pages with {:?}",
+                    image.page_count, image.checksum
+                ),
+            ));
+        }
+        pager
+            .main
+            .sync()
+            .map_err(|e| main_err("install image", e))?;
+        let sb = {
+            let current = *pager.superblock.lock();
+            Superblock {
+                generation: current.generation + 1,
+                checkpoint_lsn: image.lsn,
+                page_count: image.page_count,
+                checksum,
+                checkpoint_time_ms: image.time_ms,
+                ..current
+            }
+        };
+        pager.write_superblock(&sb)?;
+        *pager.superblock.lock() = sb;
+        pager.wal.reset_to(image.lsn, checksum);
+        self.lsn_shipped.store(image.lsn.get(), Ordering::SeqCst);
+        self.publish(Arc::new(Version {
+            lsn: image.lsn,
+            page_count: image.page_count,
+            checksum,
+            time_ms: image.time_ms,
+            image: number,
+        }));
+        Ok(())
+    }
+
     /// Appends a commit's pages to the WAL and publishes the new version. Called with the
     /// writer slot held.
     pub(crate) fn commit_pages(
@@ -740,7 +837,9 @@ impl Inner {
         let mut checksum = base.checksum;
         for (page_no, image) in &images {
             if page_no.get() < base.page_count {
-                let old = self.pager.read(*page_no, base.lsn, base.page_count)?;
+                let old = self
+                    .pager
+                    .read(*page_no, base.lsn, base.page_count, base.image)?;
                 checksum.replace(*page_no, &old, image);
             } else {
                 checksum.add(*page_no, image);
@@ -773,6 +872,7 @@ impl Inner {
             page_count,
             checksum,
             time_ms,
+            image: base.image,
         }));
         if self.pager.wal.bytes_pending_checkpoint() >= self.options.checkpoint_wal_bytes
             && let Some(wake) = self.wake.lock().as_ref()

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Conflict,
     /// Another process holds the data folder.
     Busy,
+    /// The read snapshot is gone (a replica replaced its image to catch up): begin a new read.
+    Retry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,10 @@ pub enum Error {
     AssertionFailed { index: usize, detail: String },
     #[error("data folder {0} is in use by another process (its lock file is held)")]
     Busy(String),
+    #[error(
+        "the image this read was at (lsn {lsn:?}) was replaced by a newer one from a snapshot (the replica fell behind the bucket's garbage collection); begin a new read"
+    )]
+    ImageReplaced { lsn: hadal_format::Lsn },
 }
 
 impl Error {
@@ -53,6 +59,7 @@ impl Error {
             Error::Closed(_) => ErrorKind::Closed,
             Error::AssertionFailed { .. } => ErrorKind::Conflict,
             Error::Busy(_) => ErrorKind::Busy,
+            Error::ImageReplaced { .. } => ErrorKind::Retry,
         }
     }
 

@@ -12,8 +12,16 @@
 //!    a WAL that still holds every newer commit, or the new superblock.
 //! 3. Main-file cache entries of copied pages are evicted under the index write lock, so no
 //!    reader can cache a stale main-file image once the WAL frames stop shadowing it.
+//!
+//! Image replacement (a replica installing a snapshot over its old image, `discard_image`):
+//! the image number is bumped, the cache emptied and the index cleared under the index write
+//! lock, and every read checks its version's image number under the index read lock. So a
+//! reader of the old image either finished its read before the replacement began or is refused
+//! with `Retry`; it never sees a page of the new image, and never caches a page of the old one
+//! after the cache was emptied.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hadal_format::limits::{MAIN_FILE_PAGES_OFFSET, SUPERBLOCK_REGION_BYTES};
@@ -51,6 +59,8 @@ pub(crate) struct Pager {
     cache: Cache<CacheKey, Bytes, PageWeighter>,
     pub superblock: Mutex<Superblock>,
     checkpoint_lock: Mutex<()>,
+    /// The current image number: versions of an older one may no longer read pages.
+    image: AtomicU64,
 }
 
 pub(crate) fn page_offset(page_no: PageNo, page_size: usize) -> u64 {
@@ -72,12 +82,32 @@ impl Pager {
             ),
             superblock: Mutex::new(sb),
             checkpoint_lock: Mutex::new(()),
+            image: AtomicU64::new(0),
         }
     }
 
-    /// The image of `page_no` as of `at`. `page_count` is the snapshot's, so a pointer past the
-    /// end of the image is reported as corruption instead of read.
-    pub fn read(&self, page_no: PageNo, at: Lsn, page_count: u32) -> Result<Bytes> {
+    /// Holds off checkpoints while the caller rewrites the main file.
+    pub fn lock_checkpoints(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.checkpoint_lock.lock()
+    }
+
+    /// Forgets the current image's pages: bumps the image number, so every version of the old
+    /// image is refused from now on, empties the cache and discards the WAL (its file is
+    /// truncated). Returns the new image number. The caller holds the writer slot and
+    /// [`Pager::lock_checkpoints`], and then writes the superblock that matches.
+    pub fn discard_image(&self) -> Result<u64> {
+        let mut next = 0;
+        self.wal.discard(|| {
+            next = self.image.fetch_add(1, Ordering::SeqCst) + 1;
+            self.cache.clear();
+        })?;
+        Ok(next)
+    }
+
+    /// The image of `page_no` as of `at` in image number `image`. `page_count` is the
+    /// snapshot's, so a pointer past the end of the image is reported as corruption instead of
+    /// read; a snapshot of a replaced image is refused with `Retry`.
+    pub fn read(&self, page_no: PageNo, at: Lsn, page_count: u32, image: u64) -> Result<Bytes> {
         if page_no.get() >= page_count {
             return Err(Error::corrupt(
                 format!("page {page_no}"),
@@ -85,6 +115,9 @@ impl Pager {
             ));
         }
         let index = self.wal.index.read();
+        if self.image.load(Ordering::SeqCst) != image {
+            return Err(Error::ImageReplaced { lsn: at });
+        }
         if let Some((lsn, frame)) = index.lookup(page_no, at) {
             let key = (page_no.get(), lsn.get());
             if let Some(hit) = self.cache.get(&key) {

@@ -42,6 +42,9 @@ pub(crate) struct Version {
     pub page_count: u32,
     pub checksum: StateChecksum,
     pub time_ms: u64,
+    /// Which image this version belongs to: it changes only when `install_image` replaces a
+    /// non-empty image, and pages are read only for the current one (see `Pager::read`).
+    pub image: u64,
 }
 
 /// A decoded tree node in a write transaction's dirty set.
@@ -93,9 +96,12 @@ impl PageSource for Pages<'_> {
                 self.encoded.borrow_mut().insert(page_no, image.clone());
                 Ok(image)
             }
-            None => self
-                .pager
-                .read(page_no, self.base.lsn, self.base.page_count),
+            None => self.pager.read(
+                page_no,
+                self.base.lsn,
+                self.base.page_count,
+                self.base.image,
+            ),
         }
     }
 
@@ -786,9 +792,12 @@ pub struct ReadTxn {
 
 impl PageSource for ReadTxn {
     fn page(&self, page_no: PageNo) -> Result<Bytes> {
-        self.db
-            .pager
-            .read(page_no, self.version.lsn, self.version.page_count)
+        self.db.pager.read(
+            page_no,
+            self.version.lsn,
+            self.version.page_count,
+            self.version.image,
+        )
     }
 
     fn now_ms(&self) -> u64 {

@@ -617,6 +617,28 @@ impl Wal {
         state.last_checksum = checksum;
     }
 
+    /// Throws the whole WAL away (an image is being replaced): runs `fence` and clears the index
+    /// under the index write lock, so no reader is between its lookup and its read, then
+    /// truncates the file and syncs it. A crash after this reopens at the main file's
+    /// checkpoint, which the caller has not touched yet. The next append starts a new
+    /// generation at whatever `reset_to` sets.
+    pub fn discard(&self, fence: impl FnOnce()) -> Result<()> {
+        let mut state = self.state.lock();
+        {
+            let mut index = self.index.write();
+            fence();
+            *index = WalIndex::default();
+        }
+        state.commits.clear();
+        state.restart_pending = true;
+        state.next_frame = 0;
+        state.checkpoint_frame = 0;
+        self.file.set_len(0).map_err(|e| self.io("discard", e))?;
+        self.file.sync().map_err(|e| self.io("discard", e))?;
+        state.allocated_bytes = 0;
+        Ok(())
+    }
+
     /// The commit record of `lsn`, if it is in the current generation.
     pub fn commit_meta(&self, lsn: Lsn) -> Option<CommitMeta> {
         self.state

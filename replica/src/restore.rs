@@ -442,8 +442,9 @@ fn describe(target: Target) -> String {
     }
 }
 
-/// Downloads a snapshot's parts in parallel and installs the image into an empty `db`.
-async fn install_snapshot(
+/// Downloads a snapshot's parts in parallel and installs the image into `db`: an empty one,
+/// or (a follower re-bootstrapping, see `follow.rs`) one whose image is older.
+pub(crate) async fn install_snapshot(
     log: &BucketLog,
     db: &Database,
     db_id: [u8; 16],

@@ -246,12 +246,15 @@ pub async fn collect(bucket: DynBucket, now_ms: u64, options: &GcOptions) -> Res
     }
     // 3. Deletes.
     let bucket = log.bucket();
-    let results: Vec<Result<()>> = futures::stream::iter(report.deleted.iter())
-        .map(|d| async move {
+    // Owned keys: a closure over borrowed ones makes this future not provably `Send`, and the
+    // writer runs it inside a spawned task (`collector.rs`).
+    let keys: Vec<String> = report.deleted.iter().map(|d| d.key.clone()).collect();
+    let results: Vec<Result<()>> = futures::stream::iter(keys)
+        .map(|key| async move {
             bucket
-                .delete(&d.key)
+                .delete(&key)
                 .await
-                .map_err(|e| Error::Bucket(format!("deleting {}: {e}", d.key)))
+                .map_err(|e| Error::Bucket(format!("deleting {key}: {e}")))
         })
         .buffer_unordered(PARALLEL_DELETES)
         .collect()

@@ -6,12 +6,16 @@
 //! the bucket exactly when its segment's create succeeded; [`Shipper::wait_durable`] is the
 //! output gate for `strict` mode.
 //!
+//! Beside it, the collector (`collector.rs`) runs GC passes (`gc.rs`) every `gc_interval` until
+//! the shipper stops.
+//!
 //! The engine must be opened with `retain_unshipped` (so its WAL keeps what is not shipped yet)
 //! and with [`commit_hook`] (so commits wake the shipper).
 
 #![forbid(unsafe_code)]
 
 pub mod branch;
+mod collector;
 pub mod compact;
 mod error;
 pub mod gc;
@@ -39,6 +43,10 @@ pub use snapshot::{PARALLEL_PART_UPLOADS, RestoreEstimate, SNAPSHOT_PART_BYTES, 
 
 /// Default restore budget: a restore should take about a minute at most.
 pub const RESTORE_BUDGET_DEFAULT: Duration = Duration::from_secs(60);
+/// Default interval between the writer's background GC passes: often enough that the bucket
+/// tracks the retention window (7 days by default) closely, rarely enough that the listings a
+/// pass makes cost nothing noticeable.
+pub const GC_INTERVAL_DEFAULT: Duration = Duration::from_secs(3600);
 pub use takeover::{FENCE_ATTEMPTS_MAX, Position, take_over};
 
 /// Settings of a shipper.
@@ -58,6 +66,9 @@ pub struct ShipperOptions {
     /// In `strict` mode, how long an upload that follows straight on the previous one waits
     /// for more commits to join it (group commit under a closed loop of committers).
     pub linger: Duration,
+    /// How often the writer runs a GC pass in the background (`gc::collect` with the default
+    /// grace age; the first one interval after start); `None` leaves GC to `hadal gc`.
+    pub gc_interval: Option<Duration>,
 }
 
 impl Default for ShipperOptions {
@@ -69,6 +80,7 @@ impl Default for ShipperOptions {
             restore_budget: RESTORE_BUDGET_DEFAULT,
             upload_deadline: Duration::from_secs(60),
             linger: Duration::from_millis(1),
+            gc_interval: Some(GC_INTERVAL_DEFAULT),
         }
     }
 }
@@ -130,6 +142,8 @@ pub struct Shipper {
     wake: Arc<Notify>,
     ship: Arc<ship::ShipLoop>,
     db: Database,
+    /// The background GC task, if `gc_interval` is set.
+    collector: Option<JoinHandle<()>>,
 }
 
 impl Shipper {
@@ -141,6 +155,7 @@ impl Shipper {
         options: ShipperOptions,
         wake: Arc<Notify>,
     ) -> Result<Shipper> {
+        let unwrapped = bucket.clone();
         let bucket = with_retries(bucket);
         verify_conditional_writes(&bucket).await?;
         let log = BucketLog::new(bucket);
@@ -163,6 +178,17 @@ impl Shipper {
         let ship = Arc::new(ship);
         let task = tokio::spawn(ship.clone().run());
         wake.notify_one();
+        let collector = options.gc_interval.map(|interval| {
+            collector::Collector {
+                bucket: unwrapped,
+                interval,
+                metrics: metrics.clone(),
+                clock: ship.clock.clone(),
+                stop: stop.subscribe(),
+                durable: durable.clone(),
+            }
+            .spawn()
+        });
         Ok(Shipper {
             durable,
             stop,
@@ -172,6 +198,7 @@ impl Shipper {
             wake,
             ship,
             db,
+            collector,
         })
     }
 
@@ -238,11 +265,16 @@ impl Shipper {
     }
 
     /// Ships everything committed so far, then stops; returns once the database is no longer
-    /// used by the shipper's tasks (a budget snapshot in progress is abandoned). A shipper that
-    /// had stopped already returns the reason it stopped.
+    /// used by the shipper's tasks (a budget snapshot or a GC pass in progress is abandoned). A
+    /// shipper that had stopped already returns the reason it stopped.
     pub async fn shutdown(mut self) -> Result<()> {
         let _ = self.stop.send(true);
         self.wake.notify_one();
+        if let Some(collector) = self.collector.take() {
+            collector
+                .await
+                .map_err(|e| Error::Closed(format!("gc task failed: {e}")))?;
+        }
         if let Some(task) = self.task.take() {
             task.await
                 .map_err(|e| Error::Closed(format!("shipper task failed: {e}")))?;
@@ -274,6 +306,9 @@ pub async fn promote(
 impl Drop for Shipper {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.collector.take() {
             task.abort();
         }
         if let Some(task) = self.ship.snapshot_task.lock().take() {

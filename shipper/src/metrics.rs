@@ -1,4 +1,4 @@
-//! Shipper metrics: what was uploaded, how often, how fast.
+//! Shipper metrics: what was uploaded, how often, how fast, and what background GC collected.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,6 +20,9 @@ pub struct Metrics {
     lsn_durable: AtomicU64,
     snapshots: AtomicU64,
     snapshot_bytes: AtomicU64,
+    gc_runs: AtomicU64,
+    gc_deleted: AtomicU64,
+    gc_errors: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -40,6 +43,12 @@ pub struct MetricsSnapshot {
     pub lsn_durable: u64,
     pub snapshots_published: u64,
     pub snapshot_bytes_uploaded: u64,
+    /// Background GC passes that completed.
+    pub gc_runs: u64,
+    /// Objects those passes deleted.
+    pub gc_deleted: u64,
+    /// Background GC passes that failed (each is logged).
+    pub gc_errors: u64,
 }
 
 impl MetricsSnapshot {
@@ -64,6 +73,9 @@ impl Default for Metrics {
             lsn_durable: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
+            gc_runs: AtomicU64::new(0),
+            gc_deleted: AtomicU64::new(0),
+            gc_errors: AtomicU64::new(0),
             latency_us: Mutex::new(
                 Histogram::new_with_max(LATENCY_US_MAX, 3)
                     .expect("valid histogram bounds: 3 significant digits"),
@@ -94,6 +106,15 @@ impl Metrics {
         self.snapshot_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    pub(crate) fn record_gc(&self, deleted: u64) {
+        self.gc_runs.fetch_add(1, Ordering::Relaxed);
+        self.gc_deleted.fetch_add(deleted, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_gc_error(&self) {
+        self.gc_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_put(&self) {
         self.puts.fetch_add(1, Ordering::Relaxed);
     }
@@ -116,6 +137,9 @@ impl Metrics {
             lsn_durable: self.lsn_durable.load(Ordering::Relaxed),
             snapshots_published: self.snapshots.load(Ordering::Relaxed),
             snapshot_bytes_uploaded: self.snapshot_bytes.load(Ordering::Relaxed),
+            gc_runs: self.gc_runs.load(Ordering::Relaxed),
+            gc_deleted: self.gc_deleted.load(Ordering::Relaxed),
+            gc_errors: self.gc_errors.load(Ordering::Relaxed),
         }
     }
 }

@@ -42,6 +42,7 @@ fn fast() -> FollowOptions {
     FollowOptions {
         poll_min: Duration::from_millis(5),
         poll_max: Duration::from_millis(50),
+        ..FollowOptions::default()
     }
 }
 

@@ -121,6 +121,7 @@ pub async fn run(plan: &Plan, scratch: &Path) -> Result<Results> {
     let options = FollowOptions {
         poll_min: plan.poll,
         poll_max: plan.poll,
+        ..FollowOptions::default()
     };
     let follower = Arc::new(
         Follower::start(
