@@ -268,6 +268,7 @@ impl Database {
                     manifest_poll: options.manifest_poll,
                     restore_budget: options.restore_budget,
                     gc_interval: options.gc_interval,
+                    compact_after: options.restore_budget / 4,
                     ..ShipperOptions::default()
                 };
                 let takeover::Attached { engine, shipper } =

@@ -97,3 +97,68 @@ async fn shipper_stopped(stop: &mut watch::Receiver<bool>, durable: &mut watch::
         }
     }
 }
+
+/// The restore-estimate source the compactor watches: the writer's [`crate::RestoreEstimate`].
+pub(crate) type EstimateFn = Arc<dyn Fn() -> crate::RestoreEstimate + Send + Sync>;
+
+/// Segments a background compaction folds at least (the CLI's default is larger: it runs when
+/// asked, the writer whenever the estimate says so).
+pub const BACKGROUND_COMPACT_MIN_SEGMENTS: u64 = 16;
+
+/// The writer's background compaction (DESIGN.md §3 "Compaction for restore speed", driven by
+/// the restore budget): every `check`, when the estimated replay of the log since the newest
+/// snapshot reaches `after`, one [`crate::compact::compact`] pass folds the runs of segments
+/// since the newest snapshot and the last run. Same lifecycle rules as [`Collector`]: passes
+/// never overlap, the task ends with the shipper, failures are logged and never fatal.
+///
+/// Snapshots and runs split the budget: a snapshot comes once replaying would take longer than
+/// downloading a new image; before that, runs keep the object count of the replay small.
+pub(crate) struct Compactor {
+    pub bucket: DynBucket,
+    pub check: Duration,
+    pub after: Duration,
+    pub estimate: EstimateFn,
+    pub clock: Arc<dyn Clock>,
+    pub stop: watch::Receiver<bool>,
+    pub durable: watch::Receiver<Durable>,
+}
+
+impl Compactor {
+    pub fn spawn(self) -> JoinHandle<()> {
+        tokio::spawn(self.run())
+    }
+
+    async fn run(mut self) {
+        let options = crate::compact::CompactOptions {
+            min_segments: BACKGROUND_COMPACT_MIN_SEGMENTS,
+            ..crate::compact::CompactOptions::default()
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.check) => {}
+                _ = shipper_stopped(&mut self.stop, &mut self.durable) => return,
+            }
+            let estimate = (self.estimate)();
+            if estimate.replay_s <= 0.0 || estimate.replay_s < self.after.as_secs_f64() {
+                continue;
+            }
+            let pass = crate::compact::compact(self.bucket.clone(), self.clock.now_ms(), &options);
+            let result = tokio::select! {
+                result = pass => result,
+                _ = shipper_stopped(&mut self.stop, &mut self.durable) => return,
+            };
+            match result {
+                Ok(report) if !report.runs.is_empty() => tracing::info!(
+                    runs = report.runs.len(),
+                    segments = report.segments_folded,
+                    replay_estimate_s = estimate.replay_s,
+                    "compaction: background pass folded runs of segments"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "compaction: background pass failed; retrying later")
+                }
+            }
+        }
+    }
+}

@@ -69,6 +69,12 @@ pub struct ShipperOptions {
     /// How often the writer runs a GC pass in the background (`gc::collect` with the default
     /// grace age; the first one interval after start); `None` leaves GC to `hadal gc`.
     pub gc_interval: Option<Duration>,
+    /// How often the writer checks whether to compact (`compact.rs`); `None` leaves compaction
+    /// to `hadal compact`.
+    pub compact_check: Option<Duration>,
+    /// Compact once the estimated replay of the log since the newest snapshot reaches this
+    /// (default: a quarter of the restore budget).
+    pub compact_after: Duration,
 }
 
 impl Default for ShipperOptions {
@@ -81,6 +87,8 @@ impl Default for ShipperOptions {
             upload_deadline: Duration::from_secs(60),
             linger: Duration::from_millis(1),
             gc_interval: Some(GC_INTERVAL_DEFAULT),
+            compact_check: Some(Duration::from_secs(60)),
+            compact_after: RESTORE_BUDGET_DEFAULT / 4,
         }
     }
 }
@@ -144,6 +152,8 @@ pub struct Shipper {
     db: Database,
     /// The background GC task, if `gc_interval` is set.
     collector: Option<JoinHandle<()>>,
+    /// The background compaction task, if `compact_check` is set.
+    compactor: Option<JoinHandle<()>>,
 }
 
 impl Shipper {
@@ -178,6 +188,26 @@ impl Shipper {
         let ship = Arc::new(ship);
         let task = tokio::spawn(ship.clone().run());
         wake.notify_one();
+        let estimate: collector::EstimateFn = {
+            let (ship, db) = (ship.clone(), db.clone());
+            Arc::new(move || {
+                let info = db.info();
+                ship.budget
+                    .estimate(u64::from(info.page_count) * u64::from(info.page_size))
+            })
+        };
+        let compactor = options.compact_check.map(|check| {
+            collector::Compactor {
+                bucket: unwrapped.clone(),
+                check,
+                after: options.compact_after,
+                estimate,
+                clock: ship.clock.clone(),
+                stop: stop.subscribe(),
+                durable: durable.clone(),
+            }
+            .spawn()
+        });
         let collector = options.gc_interval.map(|interval| {
             collector::Collector {
                 bucket: unwrapped,
@@ -199,6 +229,7 @@ impl Shipper {
             ship,
             db,
             collector,
+            compactor,
         })
     }
 
@@ -275,6 +306,11 @@ impl Shipper {
                 .await
                 .map_err(|e| Error::Closed(format!("gc task failed: {e}")))?;
         }
+        if let Some(compactor) = self.compactor.take() {
+            compactor
+                .await
+                .map_err(|e| Error::Closed(format!("compaction task failed: {e}")))?;
+        }
         if let Some(task) = self.task.take() {
             task.await
                 .map_err(|e| Error::Closed(format!("shipper task failed: {e}")))?;
@@ -309,6 +345,9 @@ impl Drop for Shipper {
             task.abort();
         }
         if let Some(task) = self.collector.take() {
+            task.abort();
+        }
+        if let Some(task) = self.compactor.take() {
             task.abort();
         }
         if let Some(task) = self.ship.snapshot_task.lock().take() {

@@ -251,3 +251,59 @@ async fn a_damaged_compacted_run_is_named() {
     let err = verify(bucket, None).await.expect_err("damaged run");
     assert!(err.to_string().contains(&key), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_compacts_in_the_background_when_the_estimate_says_so() {
+    // Proves a writer whose replay estimate reaches `compact_after` folds runs on its own, and
+    // one with compaction off never does.
+    for enabled in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let memory = Arc::new(MemoryBucket::new());
+        let bucket: DynBucket = memory.clone();
+        let wake = Arc::new(Notify::new());
+        let options = Options {
+            retain_unshipped: true,
+            on_commit: Some(commit_hook(&wake)),
+            ..Options::default()
+        };
+        let db = Database::open(dir.path().join("w"), options).expect("open");
+        let shipper_options = ShipperOptions {
+            compact_check: enabled.then_some(std::time::Duration::from_millis(20)),
+            compact_after: std::time::Duration::ZERO,
+            ..ShipperOptions::default()
+        };
+        let shipper = Shipper::start(db.clone(), bucket.clone(), shipper_options, wake)
+            .await
+            .expect("start");
+        for n in 0..40u32 {
+            let lsn = db
+                .apply(
+                    Batch::new()
+                        .put(format!("k{n}"), "v")
+                        .durability(Durability::NoSync),
+                )
+                .expect("apply");
+            shipper.wait_durable(lsn).await.expect("durable");
+        }
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(if enabled { 20 } else { 1 });
+        let mut runs = 0;
+        while std::time::Instant::now() < deadline {
+            runs = hadal_transports::list_all(memory.as_ref(), "compact/", None)
+                .await
+                .expect("list")
+                .len();
+            if runs > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(runs > 0, enabled, "enabled: {enabled}, runs: {runs}");
+        shipper.shutdown().await.expect("shutdown");
+        let r = restore(bucket.clone(), &dir.path().join("r"), Target::Head, None)
+            .await
+            .expect("restore");
+        assert_eq!(r.checksum, db.begin_read().checksum());
+        verify(bucket, None).await.expect("verify");
+    }
+}
