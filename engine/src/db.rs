@@ -431,13 +431,16 @@ impl Database {
     }
 
     /// Seeds an empty database with a whole image at `lsn` (a snapshot from the bucket): the
-    /// pages go straight to the main file and a superblock makes them the checkpoint. The
-    /// pages must be exactly `0..page_count`, in order; the state checksum they give must equal
-    /// `checksum`, or nothing is installed. Later commits then arrive through `apply_commit`.
+    /// pages go straight to the main file and a superblock makes them the checkpoint. `runs`
+    /// yields runs of consecutive pages, each the number of its first page and the images of one
+    /// or more pages back to back (a whole snapshot part, say), each run written with one call.
+    /// Together the runs must be exactly `0..page_count`, in order; every page must pass its
+    /// CRC and the state checksum they give must equal `checksum`, or nothing is installed (no
+    /// superblock is written). Later commits then arrive through `apply_commit`.
     pub fn install_image(
         &self,
         image: ImageHeader,
-        pages: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
+        runs: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
     ) -> Result<()> {
         self.inner.check_open()?;
         let _guard = self.inner.writer.lock();
@@ -451,22 +454,30 @@ impl Database {
         let mut checksum = StateChecksum::EMPTY;
         let mut expected = 0u32;
         let main_err = |op, e| Error::io(op, pager.main.name().to_string(), e);
-        for item in pages {
-            let (page_no, bytes) = item?;
-            if page_no.get() != expected || bytes.len() != pager.page_size {
+        for item in runs {
+            let (first, bytes) = item?;
+            if first.get() != expected
+                || bytes.is_empty()
+                || !bytes.len().is_multiple_of(pager.page_size)
+            {
                 return Err(Error::corrupt(
                     &object,
-                    format!("page {page_no} is out of order or the wrong size"),
+                    format!("the run at page {first} is out of order or not whole pages"),
                 ));
             }
-            page::verify(page_no, &bytes)
-                .map_err(|e| Error::corrupt(format!("{object} page {page_no}"), e))?;
-            checksum.add(page_no, &bytes);
+            for page in bytes.chunks_exact(pager.page_size) {
+                let page_no = PageNo::new(expected);
+                page::verify(page_no, page)
+                    .map_err(|e| Error::corrupt(format!("{object} page {page_no}"), e))?;
+                checksum.add(page_no, page);
+                expected = expected.checked_add(1).ok_or_else(|| {
+                    Error::corrupt(&object, "more pages than a page number can count")
+                })?;
+            }
             pager
                 .main
-                .write_at(crate::pager::page_offset(page_no, pager.page_size), &bytes)
+                .write_at(crate::pager::page_offset(first, pager.page_size), &bytes)
                 .map_err(|e| main_err("install image", e))?;
-            expected += 1;
         }
         if expected != image.page_count || checksum != image.checksum {
             return Err(Error::corrupt(

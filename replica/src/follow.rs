@@ -11,7 +11,9 @@
 //! next slot is made per poll, the delay doubling from `poll_min` to `poll_max` while nothing
 //! arrives (F12: no LIST loops, a bounded number of requests per minute when idle). Coming to the
 //! end after progress, the follower checks once that the slot after the missing one is absent
-//! too, so a gap is reported rather than waited on forever (F7).
+//! too, so a gap is reported rather than waited on forever (F7); that check runs alongside the
+//! sleep and the next poll (its answer is awaited right after that poll), so it adds no round
+//! trip to the lag.
 //!
 //! A damaged object or a broken link stops the follower with an error naming the object; bucket
 //! outages are waited out with the same backoff.
@@ -230,6 +232,31 @@ struct Tail {
     stop: watch::Receiver<bool>,
 }
 
+/// The end-of-log check after a poll that made progress (`BucketLog::check_end`), run in a
+/// task of its own alongside the sleep and the next poll, so its round trips do not delay the
+/// next GET; its answer is awaited right after that poll, before anything else is decided.
+/// Dropping it stops the check.
+struct GapCheck(JoinHandle<Result<()>>);
+
+impl GapCheck {
+    fn start(log: &BucketLog, slot: Slot) -> GapCheck {
+        let log = log.clone();
+        GapCheck(tokio::spawn(async move { log.check_end(slot).await }))
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        (&mut self.0)
+            .await
+            .map_err(|e| Error::Invalid(format!("checking the end of the log: {e}")))?
+    }
+}
+
+impl Drop for GapCheck {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What one poll found.
 enum Polled {
     /// Applied this many segments and reached no end yet.
@@ -243,19 +270,26 @@ impl Tail {
         let mut delay = self.options.poll_min;
         let mut window = 1usize;
         let mut stop = self.stop.clone();
+        let mut gap_check: Option<GapCheck> = None;
         loop {
             if *stop.borrow() {
                 return;
             }
-            match self.poll(window).await {
+            let polled = self.poll(window).await;
+            if let Some(check) = gap_check.take()
+                && let Err(e) = check.finish().await
+            {
+                return self.halt(e);
+            }
+            match polled {
                 Ok(Polled::Progress) => {
                     window = (window * 2).min(FETCH_AHEAD_SEGMENTS);
                     delay = self.options.poll_min;
                     continue;
                 }
                 Ok(Polled::End { after_progress }) => {
-                    if after_progress && let Err(e) = self.log.check_end(self.cursor.slot).await {
-                        return self.halt(e);
+                    if after_progress {
+                        gap_check = Some(GapCheck::start(&self.log, self.cursor.slot));
                     }
                     let now = SystemClock.now_ms();
                     self.state.send_modify(|s| s.caught_up_ms = Some(now));
