@@ -439,9 +439,11 @@ impl Database {
     /// Installs a whole image at `image.lsn` (a snapshot from the bucket): seeds an empty
     /// database, or replaces the image of one that is behind it (a replica that fell behind the
     /// bucket's GC re-bootstraps). The pages go straight to the main file and a superblock makes
-    /// them the checkpoint. The pages must be exactly `0..page_count`, in order; the state
-    /// checksum they give must equal `image.checksum`. Later commits arrive through
-    /// `apply_commit`.
+    /// them the checkpoint. `runs` yields runs of consecutive pages, each the number of its first
+    /// page and the images of one or more pages back to back (a whole snapshot part, say), each
+    /// run written with one call. Together the runs must be exactly `0..page_count`, in order;
+    /// every page must pass its CRC and the state checksum they give must equal
+    /// `image.checksum`. Later commits arrive through `apply_commit`.
     ///
     /// Replacing a non-empty image first discards it (invariant 5): read snapshots of the old
     /// image fail from then on with [`ErrorKind::Retry`], also those begun while the new image
@@ -452,7 +454,7 @@ impl Database {
     pub fn install_image(
         &self,
         image: ImageHeader,
-        pages: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
+        runs: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
     ) -> Result<()> {
         self.inner.check_open()?;
         let _guard = self.inner.writer.lock();
@@ -471,7 +473,7 @@ impl Database {
                 self.inner.poison(&e.to_string());
             })?
         };
-        let written = self.inner.write_image(image, pages, number);
+        let written = self.inner.write_image(image, runs, number);
         if let Err(e) = &written
             && number != current.image
         {
@@ -755,7 +757,7 @@ impl Inner {
     fn write_image(
         &self,
         image: ImageHeader,
-        pages: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
+        runs: impl IntoIterator<Item = Result<(PageNo, Bytes)>>,
         number: u64,
     ) -> Result<()> {
         let pager = &self.pager;
@@ -763,22 +765,30 @@ impl Inner {
         let mut checksum = StateChecksum::EMPTY;
         let mut expected = 0u32;
         let main_err = |op, e| Error::io(op, pager.main.name().to_string(), e);
-        for item in pages {
-            let (page_no, bytes) = item?;
-            if page_no.get() != expected || bytes.len() != pager.page_size {
+        for item in runs {
+            let (first, bytes) = item?;
+            if first.get() != expected
+                || bytes.is_empty()
+                || !bytes.len().is_multiple_of(pager.page_size)
+            {
                 return Err(Error::corrupt(
                     &object,
-                    format!("page {page_no} is out of order or the wrong size"),
+                    format!("the run at page {first} is out of order or not whole pages"),
                 ));
             }
-            page::verify(page_no, &bytes)
-                .map_err(|e| Error::corrupt(format!("{object} page {page_no}"), e))?;
-            checksum.add(page_no, &bytes);
+            for page in bytes.chunks_exact(pager.page_size) {
+                let page_no = PageNo::new(expected);
+                page::verify(page_no, page)
+                    .map_err(|e| Error::corrupt(format!("{object} page {page_no}"), e))?;
+                checksum.add(page_no, page);
+                expected = expected.checked_add(1).ok_or_else(|| {
+                    Error::corrupt(&object, "more pages than a page number can count")
+                })?;
+            }
             pager
                 .main
-                .write_at(crate::pager::page_offset(page_no, pager.page_size), &bytes)
+                .write_at(crate::pager::page_offset(first, pager.page_size), &bytes)
                 .map_err(|e| main_err("install image", e))?;
-            expected += 1;
         }
         if expected != image.page_count || checksum != image.checksum {
             return Err(Error::corrupt(

@@ -15,6 +15,11 @@ use hadal_transports::DynBucket;
 
 use crate::error::{Error, Result};
 
+/// Segments up to this size are decoded on the task that fetched them; larger ones on the
+/// blocking pool (a 64 KiB segment hashes and decompresses in well under a millisecond, less
+/// than a hop to another thread is worth).
+pub const DECODE_INLINE_BYTES_MAX: usize = 64 * 1024;
+
 /// A manifest with the hash of its object.
 #[derive(Debug, Clone)]
 pub struct ManifestAt {
@@ -92,30 +97,46 @@ impl BucketLog {
     }
 
     /// The newest manifest, or `None` if the bucket holds no database. `hint` is a manifest id
-    /// known to exist (from an earlier read); without one, the first manifest is found by one
-    /// listing (cold start only).
+    /// known to exist (from an earlier read); without one, the newest manifest in the first page
+    /// of one listing is the starting point (cold start only).
+    ///
+    /// The common case costs one round trip after the start: the starting manifest and its
+    /// predecessor are read while the id after it is probed; only when that id exists (the
+    /// listing or the hint was stale) does the probe go on and the newest one get read.
     pub async fn latest_manifest(&self, hint: Option<ManifestId>) -> Result<Option<ManifestAt>> {
         let start = match hint {
             Some(id) if self.bucket.head(&keys::manifest(id)).await?.is_some() => id.get(),
-            _ => match self.first_manifest_id().await? {
+            _ => match self.newest_listed_manifest_id().await? {
                 Some(id) => id,
                 None => return Ok(None),
             },
         };
         let bucket = &self.bucket;
-        let missing = first_missing(start, |id| async move {
-            Ok(bucket
-                .head(&keys::manifest(ManifestId::new(id)))
-                .await?
-                .is_some())
-        })
-        .await?;
-        let latest = ManifestId::new(missing - 1);
-        let at = self.manifest(latest).await?.ok_or_else(|| {
+        let exists = |id: u64| async move {
+            Ok::<_, Error>(
+                bucket
+                    .head(&keys::manifest(ManifestId::new(id)))
+                    .await?
+                    .is_some(),
+            )
+        };
+        let (next_exists, guessed) = futures::join!(
+            exists(start.saturating_add(1)),
+            self.manifest_and_predecessor(ManifestId::new(start))
+        );
+        let (latest, at, prev) = if next_exists? {
+            let latest = ManifestId::new(first_missing(start + 1, exists).await? - 1);
+            let (at, prev) = self.manifest_and_predecessor(latest).await;
+            (latest, at?, prev)
+        } else {
+            let (at, prev) = guessed;
+            (ManifestId::new(start), at?, prev)
+        };
+        let at = at.ok_or_else(|| {
             Error::corrupt(keys::manifest(latest), "listed or probed, then missing")
         })?;
-        if let (Some(prev_hex), Some(prev_id)) = (&at.manifest.prev_hash, latest.prev())
-            && let Some(prev) = self.manifest(prev_id).await?
+        if let (Some(prev_hex), Some(prev)) = (&at.manifest.prev_hash, prev)
+            && let Some(prev) = prev?
             && prev.hash.to_hex() != *prev_hex
         {
             return Err(Error::corrupt(
@@ -126,18 +147,41 @@ impl BucketLog {
         Ok(Some(at))
     }
 
-    async fn first_manifest_id(&self) -> Result<Option<u64>> {
-        use futures::StreamExt;
-        let mut listing = self.bucket.list(keys::MANIFEST_PREFIX, None);
-        match listing.next().await {
-            Some(info) => {
-                let info = info?;
-                let id =
-                    keys::parse_manifest(&info.key).map_err(|e| Error::format(&info.key, e))?;
-                Ok(Some(id.get()))
+    /// Reads manifest `id` and its predecessor together (the predecessor is read to check the
+    /// `prev_hash` link; its result matters only when `id` names one).
+    async fn manifest_and_predecessor(
+        &self,
+        id: ManifestId,
+    ) -> (
+        Result<Option<ManifestAt>>,
+        Option<Result<Option<ManifestAt>>>,
+    ) {
+        let prev = async {
+            match id.prev() {
+                Some(prev) => Some(self.manifest(prev).await),
+                None => None,
             }
-            None => Ok(None),
+        };
+        futures::join!(self.manifest(id), prev)
+    }
+
+    /// The newest manifest id in the first page of a listing (ids are dense, so every id from
+    /// the first listed one up to it exists); reading further pages would cost more round trips
+    /// than the probe that follows.
+    async fn newest_listed_manifest_id(&self) -> Result<Option<u64>> {
+        use futures::StreamExt;
+        let listing = self
+            .bucket
+            .list(keys::MANIFEST_PREFIX, None)
+            .take(hadal_transports::LIST_PAGE_KEYS);
+        futures::pin_mut!(listing);
+        let mut newest = None;
+        while let Some(info) = listing.next().await {
+            let info = info?;
+            let id = keys::parse_manifest(&info.key).map_err(|e| Error::format(&info.key, e))?;
+            newest = newest.max(Some(id.get()));
         }
+        Ok(newest)
     }
 
     /// Reads and fully verifies the segment at `slot` (its hash and its own consistency).
@@ -146,7 +190,18 @@ impl BucketLog {
         let Some(object) = self.bucket.get(&key).await? else {
             return Ok(None);
         };
-        let (segment, hash) = Segment::decode(&object.bytes).map_err(|e| Error::format(&key, e))?;
+        let (segment, hash) = if object.bytes.len() <= DECODE_INLINE_BYTES_MAX {
+            Segment::decode(&object.bytes)
+        } else {
+            // Hashing and decompressing a large segment takes milliseconds: keep it off the
+            // async worker, so segments fetched ahead decode in parallel with each other and
+            // with the one being applied.
+            let bytes = object.bytes.clone();
+            tokio::task::spawn_blocking(move || Segment::decode(&bytes))
+                .await
+                .map_err(|e| Error::Invalid(format!("decoding {key}: {e}")))?
+        }
+        .map_err(|e| Error::format(&key, e))?;
         if segment.header.slot != slot {
             return Err(Error::corrupt(
                 &key,

@@ -108,8 +108,9 @@ pub async fn restore(
         let bucket = with_retries(bucket);
         let restored = restore_into(&BucketLog::new(bucket), &db, target, progress).await?;
         // Leave a compact folder: the image in the main file, an empty WAL.
-        db.checkpoint()?;
-        drop(db);
+        tokio::task::spawn_blocking(move || db.checkpoint())
+            .await
+            .map_err(|e| Error::Invalid(format!("checkpointing the restored database: {e}")))??;
         Ok::<_, Error>(restored)
     }
     .await;
@@ -202,6 +203,13 @@ fn restore_bounded<'a>(
                 .max_by_key(|s| s.lsn),
         }
         .filter(|s| lsn_cap.is_none_or(|cap| s.lsn <= cap.get()));
+        let runs = if stop.time_ms.is_none() {
+            manifest.compactions.as_slice()
+        } else {
+            // Compacted runs end at an LSN; a time target needs every commit's time.
+            &[]
+        };
+        let mut prefetch = None;
         let mut snapshot_lsn = None;
         let mut cursor = ChainCursor::genesis(db_id);
         let (mut segments, mut bytes) = (0, 0);
@@ -278,6 +286,9 @@ fn restore_bounded<'a>(
             }
         } else if local_lsn == Lsn::ZERO {
             if let Some(snap) = snapshot {
+                // Fetch the segments after the snapshot while it downloads and installs.
+                let first = Slot::new(snap.slot);
+                prefetch = Some(Prefetch::start(log, first, next_run_slot(runs, first)));
                 install_snapshot(log, db, db_id, snap).await?;
                 snapshot_lsn = Some(Lsn::new(snap.lsn));
                 cursor = ChainCursor::within(
@@ -302,13 +313,7 @@ fn restore_bounded<'a>(
                 _ => ChainCursor::within(db_id, slot, local.lsn(), local.checksum()),
             };
         }
-        let runs = if stop.time_ms.is_none() {
-            manifest.compactions.as_slice()
-        } else {
-            // Compacted runs end at an LSN; a time target needs every commit's time.
-            &[]
-        };
-        let (s, b) = replay(log, db, &mut cursor, stop, runs, progress).await?;
+        let (s, b) = replay(log, db, &mut cursor, stop, runs, prefetch, progress).await?;
         segments += s;
         bytes += b;
         let r = db.begin_read();
@@ -444,68 +449,115 @@ fn describe(target: Target) -> String {
 
 /// Downloads a snapshot's parts in parallel and installs the image into `db`: an empty one,
 /// or (a follower re-bootstrapping, see `follow.rs`) one whose image is older.
+///
+/// Each part is decoded and checked (its hash against the manifest's, its header against the
+/// snapshot) on the blocking pool as soon as it arrives, so parts decode in parallel with each
+/// other and with the downloads; the decoded parts are handed in page order to
+/// `install_image`, which runs on the blocking pool too and writes each part's pages with one
+/// call while later parts are still arriving. `install_image` verifies every page and the state
+/// checksum before it writes the superblock, so a failure anywhere installs nothing.
 pub(crate) async fn install_snapshot(
     log: &BucketLog,
     db: &Database,
     db_id: [u8; 16],
     snap: &SnapshotRef,
 ) -> Result<()> {
-    let snap_lsn = snap.lsn;
-    // Owned values in the futures: this runs inside boxed (`Send`) restores of branches.
-    let parts: Vec<SnapshotPart> = futures::stream::iter(snap.parts.clone())
-        .map(|part_ref| {
-            let bucket = log.bucket().clone();
-            async move {
-                let object = bucket.get(&part_ref.key).await?.ok_or_else(|| {
-                    Error::corrupt(&part_ref.key, "listed in the manifest but missing")
-                })?;
-                let (part, hash) = SnapshotPart::decode(&object.bytes)
-                    .map_err(|e| Error::format(&part_ref.key, e))?;
-                if Some(hash) != ObjectHash::from_hex(&part_ref.sha256) {
-                    return Err(Error::corrupt(
-                        &part_ref.key,
-                        "its hash differs from the one the manifest records",
-                    ));
-                }
-                if part.db_id != db_id
-                    || part.lsn.get() != snap_lsn
-                    || part.first_page.get() != part_ref.first_page
-                {
-                    return Err(Error::corrupt(
-                        &part_ref.key,
-                        "it belongs to another snapshot",
-                    ));
-                }
-                Ok(part)
-            }
-        })
-        .buffered(PARALLEL_PART_DOWNLOADS)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
     let image = ImageHeader {
         lsn: Lsn::new(snap.lsn),
         page_count: snap.page_count,
         checksum: parse_checksum_hex(&snap.checksum).map_err(|e| Error::format("manifest", e))?,
         time_ms: snap.time_ms,
     };
-    let pages = parts.iter().flat_map(|part| {
-        let page_size = part.page_size as usize;
-        part.pages
-            .chunks_exact(page_size)
-            .enumerate()
-            .map(move |(i, page)| {
-                Ok((
-                    PageNo::new(part.first_page.get() + i as u32),
-                    Bytes::copy_from_slice(page),
-                ))
-            })
-    });
-    db.install_image(image, pages).map_err(|e| match e.kind() {
+    let page_size = db.info().page_size;
+    let (runs, mut received) = tokio::sync::mpsc::channel::<(PageNo, Bytes)>(INSTALL_QUEUE_PARTS);
+    let installer = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            db.install_image(
+                image,
+                std::iter::from_fn(move || received.blocking_recv().map(Ok)),
+            )
+        })
+    };
+    let feed = async {
+        // Owned values in the futures: this runs inside boxed (`Send`) restores of branches.
+        let mut parts = futures::stream::iter(snap.parts.clone())
+            .map(|part_ref| fetch_part(log.bucket().clone(), part_ref, db_id, snap.lsn, page_size))
+            .buffered(PARALLEL_PART_DOWNLOADS);
+        while let Some(part) = parts.next().await {
+            let part = part?;
+            if runs
+                .send((part.first_page, Bytes::from(part.pages)))
+                .await
+                .is_err()
+            {
+                // The installer stopped early: its own error says why.
+                break;
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    let fed = feed.await;
+    // Without more parts the installer finishes (short of pages if the feed failed: then it
+    // fails without writing a superblock, and the feed's error is the one to report).
+    drop(runs);
+    let installed = installer
+        .await
+        .map_err(|e| Error::Invalid(format!("installing the snapshot {}: {e}", snap.dir)))?;
+    fed?;
+    installed.map_err(|e| match e.kind() {
         hadal_engine::ErrorKind::Corrupt => Error::corrupt(&snap.dir, e),
         _ => Error::Engine(e),
     })
+}
+
+/// Decoded snapshot parts queued for the installer beyond the ones being downloaded.
+const INSTALL_QUEUE_PARTS: usize = 2;
+
+/// Downloads one snapshot part and decodes and checks it on the blocking pool.
+async fn fetch_part(
+    bucket: DynBucket,
+    part_ref: hadal_format::manifest::PartRef,
+    db_id: [u8; 16],
+    snap_lsn: u64,
+    page_size: u32,
+) -> Result<SnapshotPart> {
+    let object = bucket
+        .get(&part_ref.key)
+        .await?
+        .ok_or_else(|| Error::corrupt(&part_ref.key, "listed in the manifest but missing"))?;
+    let key = part_ref.key.clone();
+    tokio::task::spawn_blocking(move || {
+        let (part, hash) =
+            SnapshotPart::decode(&object.bytes).map_err(|e| Error::format(&part_ref.key, e))?;
+        if Some(hash) != ObjectHash::from_hex(&part_ref.sha256) {
+            return Err(Error::corrupt(
+                &part_ref.key,
+                "its hash differs from the one the manifest records",
+            ));
+        }
+        if part.db_id != db_id
+            || part.lsn.get() != snap_lsn
+            || part.first_page.get() != part_ref.first_page
+        {
+            return Err(Error::corrupt(
+                &part_ref.key,
+                "it belongs to another snapshot",
+            ));
+        }
+        if part.page_size != page_size {
+            return Err(Error::corrupt(
+                &part_ref.key,
+                format!(
+                    "its pages are {} bytes where the local database's are {page_size}",
+                    part.page_size
+                ),
+            ));
+        }
+        Ok(part)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("decoding {key}: {e}")))?
 }
 
 /// The first slot whose segment reaches past `lsn` (so holds commit `lsn + 1`), by binary
@@ -533,13 +585,24 @@ pub(crate) async fn find_slot_of(log: &BucketLog, lsn: Lsn, start: Slot) -> Resu
     Ok(Slot::new(lo))
 }
 
-/// Applies segments from the cursor on until the target or the end of the log.
+/// The first slot after `slot` where a compacted run starts: where a replay of segments from
+/// `slot` pauses to look for a run.
+fn next_run_slot(runs: &[CompactionRef], slot: Slot) -> Option<u64> {
+    runs.iter()
+        .map(|r| r.slot_first)
+        .filter(|s| *s > slot.get())
+        .min()
+}
+
+/// Applies segments from the cursor on until the target or the end of the log. `prefetch` is
+/// segments already being fetched (see [`replay_segments`]).
 async fn replay(
     log: &BucketLog,
     db: &Database,
     cursor: &mut ChainCursor,
     stop: Stop,
     runs: &[CompactionRef],
+    mut prefetch: Option<Prefetch>,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<(u64, u64)> {
     let (mut segments, mut bytes) = (0u64, 0u64);
@@ -571,13 +634,19 @@ async fn replay(
             }
             continue;
         }
-        let next_run = runs
-            .iter()
-            .map(|r| r.slot_first)
-            .filter(|s| *s > cursor.slot.get())
-            .min();
-        let (s, b, more) =
-            replay_segments(log, db, cursor, stop, next_run, progress, segments, bytes).await?;
+        let next_run = next_run_slot(runs, cursor.slot);
+        let (s, b, more) = replay_segments(
+            log,
+            db,
+            cursor,
+            stop,
+            next_run,
+            prefetch.take(),
+            progress,
+            segments,
+            bytes,
+        )
+        .await?;
         segments = s;
         bytes = b;
         if !more {
@@ -586,9 +655,63 @@ async fn replay(
     }
 }
 
+/// Segments fetched ahead by a task of their own, in slot order, from `first` up to `until`
+/// (exclusive) or the first missing slot: fetching (and decoding, see `BucketLog::segment`)
+/// goes on while the caller installs a snapshot or applies the segments before. Dropping it
+/// stops the task and its requests.
+#[derive(Debug)]
+pub(crate) struct Prefetch {
+    first: Slot,
+    until: Option<u64>,
+    fetched: tokio::sync::mpsc::Receiver<Result<Option<crate::log::SegmentAt>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Fetched segments waiting to be applied, beyond the `FETCH_AHEAD_SEGMENTS` in flight.
+const PREFETCH_QUEUE_SEGMENTS: usize = 8;
+
+impl Prefetch {
+    pub(crate) fn start(log: &BucketLog, first: Slot, until: Option<u64>) -> Prefetch {
+        let log = log.clone();
+        let (send, fetched) = tokio::sync::mpsc::channel(PREFETCH_QUEUE_SEGMENTS);
+        let task = tokio::spawn(async move {
+            let mut fetches = futures::stream::iter(first.get()..until.unwrap_or(u64::MAX))
+                .map(|s| {
+                    let log = log.clone();
+                    async move { log.segment(Slot::new(s)).await }
+                })
+                .buffered(FETCH_AHEAD_SEGMENTS);
+            while let Some(fetched) = fetches.next().await {
+                let last = !matches!(fetched, Ok(Some(_)));
+                if send.send(fetched).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Prefetch {
+            first,
+            until,
+            fetched,
+            task,
+        }
+    }
+
+    /// The next slot's segment, `None` at its end; `None` also after `until`.
+    async fn next(&mut self) -> Option<Result<Option<crate::log::SegmentAt>>> {
+        self.fetched.recv().await
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Applies segments from the cursor on, until the target, the end of the log, or the slot
 /// `until` (exclusive). Returns the running totals and whether to go on (the slot `until` was
-/// reached).
+/// reached). `prefetch`, if it was started at the cursor for the same range, is used instead of
+/// starting another. Segments are applied on the blocking pool, while the prefetch goes on.
 #[allow(clippy::too_many_arguments)]
 async fn replay_segments(
     log: &BucketLog,
@@ -596,26 +719,37 @@ async fn replay_segments(
     cursor: &mut ChainCursor,
     stop: Stop,
     until: Option<u64>,
+    prefetch: Option<Prefetch>,
     progress: Option<ProgressFn<'_>>,
     mut segments: u64,
     mut bytes: u64,
 ) -> Result<(u64, u64, bool)> {
-    let first = cursor.slot.get();
-    let last = until.unwrap_or(u64::MAX);
-    let mut fetches = futures::stream::iter(first..last)
-        .map(|s| log.segment(Slot::new(s)))
-        .buffered(FETCH_AHEAD_SEGMENTS);
+    let mut fetches = match prefetch {
+        Some(p) if p.first == cursor.slot && p.until == until => p,
+        _ => Prefetch::start(log, cursor.slot, until),
+    };
     while let Some(fetched) = fetches.next().await {
         let Some(at) = fetched? else {
-            // Drop the fetches still parked ahead first: a store serving one connection at a
-            // time (moto) would otherwise wait on a request that is never driven.
+            // Stop the fetches still in flight first: a store serving one connection at a time
+            // (moto) then answers the check at once.
             drop(fetches);
             log.check_end(cursor.slot).await?;
             return Ok((segments, bytes, false));
         };
         segments += 1;
         bytes += at.bytes as u64;
-        if apply_segment(db, cursor, at, stop, Durability::NoSync)? {
+        let reached = {
+            let (db, mut moved) = (db.clone(), *cursor);
+            let (reached, moved) = tokio::task::spawn_blocking(move || {
+                apply_segment(&db, &mut moved, at, stop, Durability::NoSync)
+                    .map(|reached| (reached, moved))
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("applying a segment: {e}")))??;
+            *cursor = moved;
+            reached
+        };
+        if reached {
             return Ok((segments, bytes, false));
         }
         if let Some(report) = progress {
