@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use hadal_engine::{
@@ -16,9 +15,10 @@ use hadal_engine::{
 };
 use hadal_replica::{FollowOptions, Follower, Target, restore, verify};
 use hadal_shipper::gc::{GcOptions, collect};
-use hadal_shipper::{Shipper, ShipperOptions, branch, commit_hook};
+use hadal_shipper::{Shipper, ShipperOptions, branch};
 use hadal_transports::DynBucket;
-use tokio::sync::Notify;
+
+mod writer;
 
 const T0: u64 = 1_770_000_000_000;
 
@@ -32,17 +32,8 @@ async fn open(url: &str) -> DynBucket {
 }
 
 async fn writer(dir: &Path, url: &str, clock: &ManualClock) -> Writer {
-    let wake = Arc::new(Notify::new());
-    let options = Options {
-        retain_unshipped: true,
-        on_commit: Some(commit_hook(&wake)),
-        clock: Arc::new(clock.clone()),
-        ..Options::default()
-    };
-    let db = Database::open(dir, options).expect("open");
-    let shipper = Shipper::start(db.clone(), open(url).await, ShipperOptions::default(), wake)
-        .await
-        .expect("take over");
+    let (db, shipper) =
+        writer::start(dir, open(url).await, Some(clock), ShipperOptions::default()).await;
     Writer { db, shipper }
 }
 

@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use hadal_engine::{Batch, Clock, Database, Durability, Lsn, ManualClock, Options, StateChecksum};
 use hadal_replica::{Target, restore, verify};
+use hadal_shipper::ShipperOptions;
 use hadal_shipper::compact::{CompactOptions, compact};
 use hadal_shipper::gc::{GcOptions, collect, set_retention};
-use hadal_shipper::{Shipper, ShipperOptions, commit_hook};
 use hadal_transports::{Bucket, DynBucket, MemoryBucket, MeteredBucket, Op};
-use tokio::sync::Notify;
+
+mod writer;
 
 const T0: u64 = 1_780_000_000_000;
 
@@ -23,17 +24,13 @@ async fn compacted_runs_speed_up_restores_and_keep_pitr_exact() {
     let memory = Arc::new(MemoryBucket::new());
     let bucket: DynBucket = memory.clone();
     let clock = ManualClock::new(T0);
-    let wake = Arc::new(Notify::new());
-    let options = Options {
-        retain_unshipped: true,
-        on_commit: Some(commit_hook(&wake)),
-        clock: Arc::new(clock.clone()),
-        ..Options::default()
-    };
-    let db = Database::open(dir.path().join("w"), options).expect("open");
-    let shipper = Shipper::start(db.clone(), bucket.clone(), ShipperOptions::default(), wake)
-        .await
-        .expect("start");
+    let (db, shipper) = writer::start(
+        &dir.path().join("w"),
+        bucket.clone(),
+        Some(&clock),
+        ShipperOptions::default(),
+    )
+    .await;
     let mut history: BTreeMap<Lsn, StateChecksum> = BTreeMap::new();
     let commit = |n: u32| {
         clock.advance(1000);
@@ -138,17 +135,13 @@ async fn compacted_runs_speed_up_restores_and_keep_pitr_exact() {
 
     // A takeover (which restores through the runs) carries on writing.
     shipper.shutdown().await.expect("shutdown");
-    let wake = Arc::new(Notify::new());
-    let options2 = Options {
-        retain_unshipped: true,
-        on_commit: Some(commit_hook(&wake)),
-        clock: Arc::new(clock.clone()),
-        ..Options::default()
-    };
-    let db2 = Database::open(dir.path().join("w2"), options2).expect("open");
-    let shipper2 = Shipper::start(db2.clone(), bucket.clone(), ShipperOptions::default(), wake)
-        .await
-        .expect("take over");
+    let (db2, shipper2) = writer::start(
+        &dir.path().join("w2"),
+        bucket.clone(),
+        Some(&clock),
+        ShipperOptions::default(),
+    )
+    .await;
     assert_eq!(
         (db2.lsn(), db2.begin_read().checksum()),
         (head, history[&head])
@@ -207,16 +200,13 @@ async fn a_damaged_compacted_run_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let memory = Arc::new(MemoryBucket::new());
     let bucket: DynBucket = memory.clone();
-    let wake = Arc::new(Notify::new());
-    let options = Options {
-        retain_unshipped: true,
-        on_commit: Some(commit_hook(&wake)),
-        ..Options::default()
-    };
-    let db = Database::open(dir.path().join("w"), options).expect("open");
-    let shipper = Shipper::start(db.clone(), bucket.clone(), ShipperOptions::default(), wake)
-        .await
-        .expect("start");
+    let (db, shipper) = writer::start(
+        &dir.path().join("w"),
+        bucket.clone(),
+        None,
+        ShipperOptions::default(),
+    )
+    .await;
     for n in 0..40u32 {
         let lsn = db
             .apply(
@@ -260,21 +250,13 @@ async fn the_writer_compacts_in_the_background_when_the_estimate_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
         let memory = Arc::new(MemoryBucket::new());
         let bucket: DynBucket = memory.clone();
-        let wake = Arc::new(Notify::new());
-        let options = Options {
-            retain_unshipped: true,
-            on_commit: Some(commit_hook(&wake)),
-            ..Options::default()
-        };
-        let db = Database::open(dir.path().join("w"), options).expect("open");
         let shipper_options = ShipperOptions {
             compact_check: enabled.then_some(std::time::Duration::from_millis(20)),
             compact_after: std::time::Duration::ZERO,
             ..ShipperOptions::default()
         };
-        let shipper = Shipper::start(db.clone(), bucket.clone(), shipper_options, wake)
-            .await
-            .expect("start");
+        let (db, shipper) =
+            writer::start(&dir.path().join("w"), bucket.clone(), None, shipper_options).await;
         for n in 0..40u32 {
             let lsn = db
                 .apply(

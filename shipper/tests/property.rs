@@ -10,18 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::Duration;
 
-use hadal_engine::{Batch, Clock, Database, Durability, Lsn, ManualClock, Options, StateChecksum};
+use hadal_engine::{Batch, Clock, Database, Durability, Lsn, ManualClock, StateChecksum};
 use hadal_replica::{Target, restore, verify};
 use hadal_shipper::compact::{CompactOptions, compact};
 use hadal_shipper::gc::{GcOptions, collect, set_retention};
-use hadal_shipper::{Shipper, ShipperOptions, branch, commit_hook};
+use hadal_shipper::{Shipper, ShipperOptions, branch};
 use hadal_transports::DynBucket;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Notify;
+
+mod writer;
 
 const T0: u64 = 1_790_000_000_000;
 const RETENTION_MS: u64 = 40_000;
@@ -37,17 +38,8 @@ async fn open(url: &str) -> DynBucket {
 }
 
 async fn start_writer(dir: &Path, url: &str, clock: &ManualClock) -> Writer {
-    let wake = Arc::new(Notify::new());
-    let options = Options {
-        retain_unshipped: true,
-        on_commit: Some(commit_hook(&wake)),
-        clock: Arc::new(clock.clone()),
-        ..Options::default()
-    };
-    let db = Database::open(dir, options).expect("open");
-    let shipper = Shipper::start(db.clone(), open(url).await, ShipperOptions::default(), wake)
-        .await
-        .expect("take over");
+    let (db, shipper) =
+        writer::start(dir, open(url).await, Some(clock), ShipperOptions::default()).await;
     Writer { db, shipper }
 }
 
