@@ -25,6 +25,9 @@ pub enum ErrorKind {
     Io,
     /// Another process holds the data folder.
     Busy,
+    /// The read's snapshot is gone (the local image was replaced by a newer one from the
+    /// bucket, as a replica behind GC re-bootstraps): begin a new read and retry.
+    Retry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ impl Error {
                 hadal_engine::ErrorKind::Conflict => ErrorKind::Conflict,
                 hadal_engine::ErrorKind::Busy => ErrorKind::Busy,
                 hadal_engine::ErrorKind::Io => ErrorKind::Io,
+                hadal_engine::ErrorKind::Retry => ErrorKind::Retry,
                 _ => ErrorKind::Closed,
             },
             Error::Shipper(e) => match e.kind() {
@@ -132,3 +136,18 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_image_is_a_retry_not_a_closed_database() {
+        // Proves a read whose image was replaced tells the caller to retry, not that the
+        // database is closed.
+        let e = Error::Engine(hadal_engine::Error::ImageReplaced {
+            lsn: hadal_engine::Lsn::new(3),
+        });
+        assert_eq!(e.kind(), ErrorKind::Retry);
+    }
+}
