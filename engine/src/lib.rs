@@ -23,7 +23,7 @@ pub use batch::{Assertion, Batch, Op};
 pub use btree::Entry;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{
-    Commit, CommitHook, Database, Durability, ImageHeader, Info, MAIN_FILE_NAME, Options,
+    Commit, CommitHook, Database, Durability, ImageHeader, Info, Loader, MAIN_FILE_NAME, Options,
     WAL_FILE_NAME,
 };
 pub use error::{Error, ErrorKind, Result};

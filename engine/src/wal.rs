@@ -650,6 +650,12 @@ impl Wal {
             .copied()
     }
 
+    /// Whether the WAL never held a commit since the database was created empty.
+    pub fn is_unused(&self) -> bool {
+        let state = self.state.lock();
+        state.commits.is_empty() && state.last_lsn == Lsn::ZERO
+    }
+
     /// Bytes of frames not yet covered by a checkpoint: what the checkpoint trigger counts.
     pub fn bytes_pending_checkpoint(&self) -> u64 {
         let state = self.state.lock();

@@ -41,7 +41,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hadal_engine::{Clock, Database, Durability, Options, SystemClock};
+use hadal_engine::{Clock, Database, Options, SystemClock};
 use hadal_format::boundary::{Boundary, SEGMENT_BOUNDARY};
 use hadal_format::{Epoch, Lsn, Slot, keys};
 use hadal_transports::DynBucket;
@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::{BucketLog, ChainCursor, SegmentAt};
 use crate::restore::{
-    FETCH_AHEAD_SEGMENTS, Stop, Target, apply_segment, install_snapshot, restore_into,
+    FETCH_AHEAD_SEGMENTS, Sink, Stop, Target, apply_segment, install_snapshot, restore_into,
 };
 
 /// How a follower polls.
@@ -476,7 +476,7 @@ async fn install_newest_snapshot(
                 ),
             )
         })?;
-    install_snapshot(log, db, db_id, snapshot).await?;
+    install_snapshot(log, &Sink::Live(db.clone()), db_id, snapshot).await?;
     let slot = Slot::new(snapshot.slot);
     let cursor = ChainCursor::within(db_id, slot, db.lsn(), db.begin_read().checksum());
     Ok((slot, cursor))
@@ -529,7 +529,7 @@ fn apply(
 ) -> Result<()> {
     let last = at.segment.header.lsn_last;
     state.send_modify(|s| s.lsn_seen = s.lsn_seen.max(last));
-    apply_segment(db, cursor, at, Stop::NEVER, Durability::NoSync)?;
+    apply_segment(&Sink::Live(db.clone()), cursor, at, Stop::NEVER)?;
     let r = db.begin_read();
     let (lsn, time) = (r.lsn(), r.commit_time_ms());
     let epoch = cursor.epoch;

@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hadal_engine::{Commit, Database, Durability, ImageHeader, Options};
+use hadal_engine::{Commit, Database, Durability, ImageHeader, Loader, Options, StateChecksum};
 use hadal_format::compact::CompactedRun;
 use hadal_format::manifest::{CompactionRef, SnapshotRef, parse_checksum_hex};
 use hadal_format::segment::SegmentCommit;
 use hadal_format::snapshot::SnapshotPart;
 use hadal_format::{Lsn, ObjectHash, PageNo, Slot, keys};
 use hadal_transports::DynBucket;
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::log::{BucketLog, ChainCursor, ManifestAt};
@@ -76,6 +77,98 @@ fn commit_of(c: SegmentCommit) -> Commit {
             .into_iter()
             .map(|(p, b)| (p, Bytes::from(b)))
             .collect(),
+    }
+}
+
+/// Where a restore puts what it reads: a live database, through the follower path and the WAL
+/// (a replica, or a local copy being brought forward), or a [`Loader`] building an empty
+/// database's image in one pass, straight into the main file, published only when complete.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    Live(Database),
+    Load(std::sync::Arc<Mutex<Loader>>, Database),
+}
+
+impl Sink {
+    /// A loader when `db` is empty, else the live path.
+    pub(crate) fn for_db(db: &Database) -> Sink {
+        match db.loader() {
+            Ok(loader) => Sink::Load(std::sync::Arc::new(Mutex::new(loader)), db.clone()),
+            Err(_) => Sink::Live(db.clone()),
+        }
+    }
+
+    pub(crate) fn lsn(&self) -> Lsn {
+        match self {
+            Sink::Live(db) => db.lsn(),
+            Sink::Load(loader, _) => loader.lock().lsn(),
+        }
+    }
+
+    fn checksum(&self) -> StateChecksum {
+        match self {
+            Sink::Live(db) => db.begin_read().checksum(),
+            Sink::Load(loader, _) => loader.lock().checksum(),
+        }
+    }
+
+    fn page_size(&self) -> u32 {
+        match self {
+            Sink::Live(db) | Sink::Load(_, db) => db.info().page_size,
+        }
+    }
+
+    /// Applies the next commit; one applied to a live database counts as shipped (it came
+    /// from the bucket, so the WAL may let it go).
+    fn commit(&self, commit: &Commit) -> hadal_engine::Result<()> {
+        match self {
+            Sink::Live(db) => {
+                db.apply_commit(commit, Durability::NoSync)?;
+                db.set_lsn_shipped(commit.lsn);
+                Ok(())
+            }
+            Sink::Load(loader, _) => loader.lock().commit(commit),
+        }
+    }
+
+    /// Applies a compacted run of commits. A live database checkpoints first (a snapshot
+    /// reader holding the WAL makes this fail with `Invalid`).
+    fn delta(
+        &self,
+        image: ImageHeader,
+        before: StateChecksum,
+        pages: &[(PageNo, Bytes)],
+    ) -> hadal_engine::Result<()> {
+        match self {
+            Sink::Live(db) => {
+                db.checkpoint()?;
+                db.apply_delta(image, before, pages)
+            }
+            Sink::Load(loader, _) => loader.lock().delta(image, before, pages),
+        }
+    }
+
+    /// Installs a whole image: see [`Database::install_image`] and [`Loader::image`].
+    fn image(
+        &self,
+        image: ImageHeader,
+        runs: impl IntoIterator<Item = hadal_engine::Result<(PageNo, Bytes)>>,
+    ) -> hadal_engine::Result<()> {
+        match self {
+            Sink::Live(db) => db.install_image(image, runs),
+            Sink::Load(loader, _) => loader.lock().image(image, runs),
+        }
+    }
+
+    /// Publishes what a loader built (syncing it first); nothing to do for a live database.
+    async fn finish(&self) -> Result<()> {
+        if let Sink::Load(loader, _) = self {
+            let loader = loader.clone();
+            tokio::task::spawn_blocking(move || loader.lock().finish())
+                .await
+                .map_err(|e| Error::Invalid(format!("finishing the restored image: {e}")))??;
+        }
+        Ok(())
     }
 }
 
@@ -217,6 +310,13 @@ fn restore_bounded<'a>(
         let in_parent = parent
             .as_ref()
             .is_some_and(|p| local_lsn < p.lsn && !(local_lsn == Lsn::ZERO && snapshot.is_some()));
+        // An empty database is built in one pass by a loader; the parent's part of a branch's
+        // history is restored (and published) by the recursion below first.
+        let sink = if in_parent {
+            Sink::Live(db.clone())
+        } else {
+            Sink::for_db(db)
+        };
         if let (true, Some(point)) = (in_parent, &parent) {
             // The branch's history starts in its parent's: restore that part first.
             if depth >= BRANCH_DEPTH_MAX {
@@ -289,13 +389,13 @@ fn restore_bounded<'a>(
                 // Fetch the segments after the snapshot while it downloads and installs.
                 let first = Slot::new(snap.slot);
                 prefetch = Some(Prefetch::start(log, first, next_run_slot(runs, first)));
-                install_snapshot(log, db, db_id, snap).await?;
+                install_snapshot(log, &sink, db_id, snap).await?;
                 snapshot_lsn = Some(Lsn::new(snap.lsn));
                 cursor = ChainCursor::within(
                     db_id,
                     Slot::new(snap.slot),
                     Lsn::new(snap.lsn),
-                    db.begin_read().checksum(),
+                    sink.checksum(),
                 );
             } else if manifest.replay_start_slot > 1 {
                 return Err(before_oldest(log, &manifest, target));
@@ -313,7 +413,8 @@ fn restore_bounded<'a>(
                 _ => ChainCursor::within(db_id, slot, local.lsn(), local.checksum()),
             };
         }
-        let (s, b) = replay(log, db, &mut cursor, stop, runs, prefetch, progress).await?;
+        let (s, b) = replay(log, &sink, &mut cursor, stop, runs, prefetch, progress).await?;
+        sink.finish().await?;
         segments += s;
         bytes += b;
         let r = db.begin_read();
@@ -458,7 +559,7 @@ fn describe(target: Target) -> String {
 /// checksum before it writes the superblock, so a failure anywhere installs nothing.
 pub(crate) async fn install_snapshot(
     log: &BucketLog,
-    db: &Database,
+    sink: &Sink,
     db_id: [u8; 16],
     snap: &SnapshotRef,
 ) -> Result<()> {
@@ -468,12 +569,12 @@ pub(crate) async fn install_snapshot(
         checksum: parse_checksum_hex(&snap.checksum).map_err(|e| Error::format("manifest", e))?,
         time_ms: snap.time_ms,
     };
-    let page_size = db.info().page_size;
+    let page_size = sink.page_size();
     let (runs, mut received) = tokio::sync::mpsc::channel::<(PageNo, Bytes)>(INSTALL_QUEUE_PARTS);
     let installer = {
-        let db = db.clone();
+        let sink = sink.clone();
         tokio::task::spawn_blocking(move || {
-            db.install_image(
+            sink.image(
                 image,
                 std::iter::from_fn(move || received.blocking_recv().map(Ok)),
             )
@@ -598,7 +699,7 @@ fn next_run_slot(runs: &[CompactionRef], slot: Slot) -> Option<u64> {
 /// segments already being fetched (see [`replay_segments`]).
 async fn replay(
     log: &BucketLog,
-    db: &Database,
+    sink: &Sink,
     cursor: &mut ChainCursor,
     stop: Stop,
     runs: &[CompactionRef],
@@ -607,7 +708,8 @@ async fn replay(
 ) -> Result<(u64, u64)> {
     let (mut segments, mut bytes) = (0u64, 0u64);
     loop {
-        if stop.lsn.is_some_and(|l| db.lsn() >= l) {
+        let lsn = sink.lsn();
+        if stop.lsn.is_some_and(|l| lsn >= l) {
             return Ok((segments, bytes));
         }
         // A compacted run that starts here and ends at or before the target replaces its
@@ -616,18 +718,18 @@ async fn replay(
             .iter()
             .filter(|r| {
                 r.slot_first == cursor.slot.get()
-                    && r.lsn_first == db.lsn().get() + 1
+                    && r.lsn_first == lsn.get() + 1
                     && stop.lsn.is_none_or(|l| r.lsn_last <= l.get())
             })
             .max_by_key(|r| r.lsn_last);
         if let Some(run) = run
-            && let Some(read) = apply_compacted(log, db, cursor, run).await?
+            && let Some(read) = apply_compacted(log, sink, cursor, run).await?
         {
             segments += run.slot_last - run.slot_first + 1;
             bytes += read;
             if let Some(report) = progress {
                 report(Progress {
-                    lsn: db.lsn(),
+                    lsn: sink.lsn(),
                     segments,
                     bytes,
                 });
@@ -637,7 +739,7 @@ async fn replay(
         let next_run = next_run_slot(runs, cursor.slot);
         let (s, b, more) = replay_segments(
             log,
-            db,
+            sink,
             cursor,
             stop,
             next_run,
@@ -715,7 +817,7 @@ impl Drop for Prefetch {
 #[allow(clippy::too_many_arguments)]
 async fn replay_segments(
     log: &BucketLog,
-    db: &Database,
+    sink: &Sink,
     cursor: &mut ChainCursor,
     stop: Stop,
     until: Option<u64>,
@@ -739,9 +841,9 @@ async fn replay_segments(
         segments += 1;
         bytes += at.bytes as u64;
         let reached = {
-            let (db, mut moved) = (db.clone(), *cursor);
+            let (sink, mut moved) = (sink.clone(), *cursor);
             let (reached, moved) = tokio::task::spawn_blocking(move || {
-                apply_segment(&db, &mut moved, at, stop, Durability::NoSync)
+                apply_segment(&sink, &mut moved, at, stop)
                     .map(|reached| (reached, moved))
             })
             .await
@@ -754,7 +856,7 @@ async fn replay_segments(
         }
         if let Some(report) = progress {
             report(Progress {
-                lsn: db.lsn(),
+                lsn: sink.lsn(),
                 segments,
                 bytes,
             });
@@ -768,7 +870,7 @@ async fn replay_segments(
 /// holds the WAL, so it cannot be checkpointed): then the segments are replayed instead.
 async fn apply_compacted(
     log: &BucketLog,
-    db: &Database,
+    sink: &Sink,
     cursor: &mut ChainCursor,
     run: &CompactionRef,
 ) -> Result<Option<u64>> {
@@ -806,7 +908,6 @@ async fn apply_compacted(
     if before != cursor.checksum {
         return bad("its checksum_before differs from the state the log reached");
     }
-    db.checkpoint()?;
     let pages: Vec<(PageNo, Bytes)> = compacted
         .pages
         .into_iter()
@@ -818,7 +919,7 @@ async fn apply_compacted(
         checksum: after,
         time_ms: compacted.time_ms,
     };
-    match db.apply_delta(image, before, &pages) {
+    match sink.delta(image, before, &pages) {
         Ok(()) => {}
         Err(e) if e.kind() == hadal_engine::ErrorKind::Invalid => {
             tracing::debug!(key = run.key, error = %e, "replaying the segments of a compacted run instead");
@@ -844,17 +945,16 @@ async fn apply_compacted(
 /// LSN through the follower path, stopping at `target`. Returns whether the target was reached.
 /// Applied commits came from the bucket, so they count as shipped (the WAL may let them go).
 pub(crate) fn apply_segment(
-    db: &Database,
+    sink: &Sink,
     cursor: &mut ChainCursor,
     at: crate::log::SegmentAt,
     stop: Stop,
-    durability: Durability,
 ) -> Result<bool> {
     let key = || hadal_format::keys::segment(at.segment.header.slot);
     cursor.advance(&at.segment.header, at.hash)?;
     let mut reached = false;
     for c in at.segment.commits {
-        if c.lsn <= db.lsn() {
+        if c.lsn <= sink.lsn() {
             continue;
         }
         if stop.time_ms.is_some_and(|t| c.time_ms > t) {
@@ -862,12 +962,10 @@ pub(crate) fn apply_segment(
             break;
         }
         let lsn = c.lsn;
-        db.apply_commit(&commit_of(c), durability)
-            .map_err(|e| match e.kind() {
-                hadal_engine::ErrorKind::Corrupt => Error::corrupt(key(), e),
-                _ => Error::Engine(e),
-            })?;
-        db.set_lsn_shipped(lsn);
+        sink.commit(&commit_of(c)).map_err(|e| match e.kind() {
+            hadal_engine::ErrorKind::Corrupt => Error::corrupt(key(), e),
+            _ => Error::Engine(e),
+        })?;
         if stop.lsn.is_some_and(|l| lsn >= l) {
             reached = true;
             break;
