@@ -685,7 +685,10 @@ fn check_changed_pages(
     page_size: usize,
 ) -> Result<()> {
     if page_count < page_count_before || pages.is_empty() {
-        return Err(Error::corrupt(object, "shrinks the image or changes no pages"));
+        return Err(Error::corrupt(
+            object,
+            "shrinks the image or changes no pages",
+        ));
     }
     let mut expected_new = page_count_before;
     for (i, (page_no, image)) in pages.iter().enumerate() {

@@ -39,7 +39,10 @@ fn write(clock: &ManualClock, db: &Database, range: std::ops::Range<u32>) {
     for i in range {
         clock.advance(1000);
         let mut batch = Batch::new()
-            .put(format!("k{:03}", i % 90), vec![i as u8; 200 + i as usize * 7])
+            .put(
+                format!("k{:03}", i % 90),
+                vec![i as u8; 200 + i as usize * 7],
+            )
             .put(format!("n{i:05}"), vec![1; 50]);
         if i % 7 == 0 && i > 0 {
             batch = batch.delete(format!("k{:03}", (i * 11) % 90));
@@ -112,7 +115,9 @@ fn an_image_and_the_commits_after_it_load_to_the_primarys_image_and_survive_a_re
     )
     .expect("open");
     let mut loader = db.loader().expect("loader");
-    loader.image(image_of(&at25), runs(&at25, 5)).expect("image");
+    loader
+        .image(image_of(&at25), runs(&at25, 5))
+        .expect("image");
     for c in commits(&primary, Lsn::new(25), 60) {
         loader.commit(&c).expect("commit");
     }
@@ -132,7 +137,10 @@ fn an_image_and_the_commits_after_it_load_to_the_primarys_image_and_survive_a_re
         replay
     };
     loader.finish().expect("finish");
-    assert_eq!(loader.finish().expect_err("once").kind(), ErrorKind::Invalid);
+    assert_eq!(
+        loader.finish().expect_err("once").kind(),
+        ErrorKind::Invalid
+    );
     assert_same_pages(&db.begin_read(), &at60.begin_read());
     assert!(db.check_integrity().expect("check").is_ok());
     assert_eq!(db.info().wal_bytes, 0, "the WAL holds nothing");
@@ -261,7 +269,9 @@ fn a_wrong_image_is_refused_and_a_load_cut_short_leaves_an_empty_database() {
             .kind(),
         ErrorKind::Corrupt
     );
-    loader.image(image_of(&head), runs(&head, 4)).expect("image");
+    loader
+        .image(image_of(&head), runs(&head, 4))
+        .expect("image");
     drop(loader);
     drop(db);
     let mut rng = StdRng::seed_from_u64(7);
@@ -276,12 +286,17 @@ fn a_wrong_image_is_refused_and_a_load_cut_short_leaves_an_empty_database() {
     assert_eq!((db.lsn(), db.begin_read().page_count()), (Lsn::ZERO, 0));
 
     let mut loader = db.loader().expect("loader");
-    loader.image(image_of(&head), runs(&head, 64)).expect("image");
+    loader
+        .image(image_of(&head), runs(&head, 64))
+        .expect("image");
     db.apply(Batch::new().put("local", "write"))
         .expect("a local write");
     assert_eq!(
         loader.finish().expect_err("written meanwhile").kind(),
         ErrorKind::Invalid
     );
-    assert_eq!(db.loader().expect_err("not empty").kind(), ErrorKind::Invalid);
+    assert_eq!(
+        db.loader().expect_err("not empty").kind(),
+        ErrorKind::Invalid
+    );
 }

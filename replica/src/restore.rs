@@ -843,8 +843,7 @@ async fn replay_segments(
         let reached = {
             let (sink, mut moved) = (sink.clone(), *cursor);
             let (reached, moved) = tokio::task::spawn_blocking(move || {
-                apply_segment(&sink, &mut moved, at, stop)
-                    .map(|reached| (reached, moved))
+                apply_segment(&sink, &mut moved, at, stop).map(|reached| (reached, moved))
             })
             .await
             .map_err(|e| Error::Invalid(format!("applying a segment: {e}")))??;

@@ -247,7 +247,9 @@ impl Loader {
     fn usable(&self) -> Result<()> {
         self.inner.check_open()?;
         match &self.done {
-            Some(why) => Err(Error::Invalid(format!("the loader takes nothing more: {why}"))),
+            Some(why) => Err(Error::Invalid(format!(
+                "the loader takes nothing more: {why}"
+            ))),
             None => Ok(()),
         }
     }
