@@ -1,7 +1,9 @@
 //! Building a fresh database's image in one pass, without the WAL: the fast path of a restore.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use hadal_format::page;
@@ -21,6 +23,11 @@ use crate::pager::page_offset;
 /// checksum's term of every page in memory (8 bytes a page), so replacing a page never reads
 /// its old image back.
 ///
+/// The disk works while pages still arrive: after every [`FLUSH_BYTES`] written, a thread of
+/// its own syncs the main file (if the previous one is done), so the final sync finds little
+/// left to write. Those syncs make nothing durable that a crash could expose early: the
+/// superblock is written only by `finish`.
+///
 /// Nothing is visible before [`Loader::finish`]: readers see the empty database, and a crash
 /// or an error before it leaves an empty database on disk (the superblock still describes no
 /// pages; what was written lies beyond its page count). `finish` syncs the main file, then
@@ -37,7 +44,14 @@ pub struct Loader {
     terms: Vec<u64>,
     /// Set once a step failed half-way or `finish` ran: the loader takes nothing more.
     done: Option<String>,
+    /// Bytes written since the last early sync began.
+    unflushed: u64,
+    /// The early sync running, if any.
+    flushing: Option<JoinHandle<io::Result<()>>>,
 }
+
+/// Bytes written between early syncs of the main file (see [`Loader`]).
+pub const FLUSH_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Database {
     /// Starts loading an image into this database, which must be empty (a new folder, LSN 0,
@@ -61,6 +75,8 @@ impl Database {
             time_ms: 0,
             terms: Vec::new(),
             done: None,
+            unflushed: 0,
+            flushing: None,
         })
     }
 }
@@ -214,7 +230,13 @@ impl Loader {
                 current.lsn.get()
             )));
         }
-        pager.main.sync().map_err(|e| {
+        let early = match self.flushing.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the syncing thread panicked"))),
+            None => Ok(()),
+        };
+        early.and_then(|()| pager.main.sync()).map_err(|e| {
             let e = Error::io("load image", pager.main.name().to_string(), e);
             inner.poison(&e.to_string());
             e
@@ -299,14 +321,42 @@ impl Loader {
 
     fn write(&mut self, first: PageNo, bytes: &[u8], op: &'static str) -> Result<()> {
         let pager = &self.inner.pager;
-        pager
+        let fail = |e: io::Error| {
+            let e = Error::io(op, pager.main.name().to_string(), e);
+            self.inner.poison(&e.to_string());
+            e
+        };
+        let written = pager
             .main
             .write_at(page_offset(first, pager.page_size), bytes)
-            .map_err(|e| {
-                let e = Error::io(op, pager.main.name().to_string(), e);
-                self.inner.poison(&e.to_string());
-                self.done = Some(e.to_string());
-                e
-            })
+            .map_err(fail)
+            .and_then(|()| {
+                self.unflushed += bytes.len() as u64;
+                if self.unflushed < FLUSH_BYTES
+                    || self.flushing.as_ref().is_some_and(|t| !t.is_finished())
+                {
+                    return Ok(());
+                }
+                // The previous early sync is done: collect its result, start the next.
+                if let Some(thread) = self.flushing.take() {
+                    thread
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("the syncing thread panicked")))
+                        .map_err(fail)?;
+                }
+                self.unflushed = 0;
+                let main = pager.main.clone();
+                self.flushing = Some(
+                    std::thread::Builder::new()
+                        .name("hadal-load-sync".into())
+                        .spawn(move || main.sync())
+                        .map_err(fail)?,
+                );
+                Ok(())
+            });
+        if let Err(e) = &written {
+            self.done = Some(e.to_string());
+        }
+        written
     }
 }
