@@ -481,10 +481,13 @@ impl Backend {
             let g = f.clone();
             let run = move |txn: &ReadTxn| Read {
                 lsn: txn.lsn(),
-                value: g(txn),
+                value: (*g)(txn),
             };
             let read: Read<Result<T>> = match &self.inner.node {
-                Node::Writer { db, .. } => db.read(move |txn| Ok(run(txn))).await?,
+                Node::Writer { db, .. } => {
+                    db.read(move |txn| Ok::<_, hadal_engine::Error>(run(txn)))
+                        .await?
+                }
                 Node::Replica { engine, .. } => {
                     let engine = engine.clone();
                     tokio::task::spawn_blocking(move || run(&engine.begin_read()))
@@ -655,7 +658,7 @@ impl Backend {
                         now_ms: clock.now_ms(),
                         read_set: Vec::new(),
                     };
-                    let plan = g(&mut reads)?;
+                    let plan = (*g)(&mut reads)?;
                     Ok((plan, reads.assertions()))
                 })
                 .await?;

@@ -144,7 +144,6 @@ impl From<crate::Error> for Error {
 /// What server operations return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
