@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hadal_engine::{
     Batch, Clock, DEFAULT_TABLE, Database as Engine, Durability as EngineDurability, Lsn,
-    Options as EngineOptions, SystemClock,
+    Options as EngineOptions, ReadTxn, SystemClock,
 };
 use hadal_format::Epoch;
 use hadal_shipper::{MetricsSnapshot, Shipper, ShipperOptions};
@@ -447,6 +447,17 @@ impl Database {
         let engine = self.engine()?;
         let (table, key) = (table.to_owned(), key.into());
         blocking(move || Ok(engine.begin_read().get(&table, &key)?)).await
+    }
+
+    /// Runs `f` on one read snapshot of the newest local commit, on the blocking pool (a read
+    /// may miss the page cache). The snapshot's LSN is `txn.lsn()`. For reads the other
+    /// methods do not cover: an entry's expiry and last-write LSN, or several keys at once.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTxn) -> hadal_engine::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let engine = self.engine()?;
+        blocking(move || Ok(f(&engine.begin_read())?)).await
     }
 
     /// The keys and values `scan` selects, from one snapshot. The result is collected in

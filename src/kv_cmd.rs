@@ -3,6 +3,8 @@
 //! application's would. Values print raw, so `hadal kv get` can be piped; a missing key exits 1
 //! with a message on stderr.
 //!
+//! With `--url`, the same verbs go to a running server instead (`kv_remote.rs`).
+//!
 //! Reads (`get`, `scan`) open the folder read-only: they never take over the bucket, which would
 //! fence its running writer, and they read what the folder holds.
 
@@ -15,7 +17,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use hadal::{Assertion, Batch, Durability, ErrorKind, Scan};
 
-use crate::kv_import;
+use crate::{kv_import, kv_remote};
 
 #[derive(Debug, clap::Args)]
 pub struct KvArgs {
@@ -42,6 +44,13 @@ pub struct KvArgs {
     /// The table to use.
     #[arg(long, default_value = hadal::DEFAULT_TABLE)]
     table: String,
+    /// Talk to a running `hadal serve` or `hadal replica` at this address (e.g.
+    /// http://127.0.0.1:7600) instead of a local data folder.
+    #[arg(long, env = "HADAL_URL", conflicts_with = "bucket")]
+    url: Option<String>,
+    /// With --url: the API key to present (`Authorization: Bearer KEY`).
+    #[arg(long, env = "HADAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -146,6 +155,9 @@ pub fn run(args: KvArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_verb(args: KvArgs) -> anyhow::Result<ExitCode> {
     let table = args.table.clone();
+    if let Some(url) = &args.url {
+        return kv_remote::run(url, args.api_key.clone(), &table, &args.verb).await;
+    }
     match &args.verb {
         Verb::Put { key, value, ttl } => {
             let db = open(&args, false, false).await?;

@@ -16,7 +16,8 @@
 //!
 //! Files: `database.rs` (the facade), `takeover.rs` (opening a folder as a bucket's writer,
 //! with diverged-folder recovery), `binding.rs` (which bucket a folder belongs to), `gate.rs`
-//! (how write handles learn of durability), `error.rs`.
+//! (how write handles learn of durability), `error.rs`; `server/` (the HTTP server and the
+//! role-agnostic backend that `hadal serve` and `hadal replica` run).
 
 #![forbid(unsafe_code)]
 
@@ -24,12 +25,13 @@ mod binding;
 mod database;
 mod error;
 mod gate;
+pub mod server;
 mod takeover;
 
 pub use binding::{BINDING_FILE_NAME, normalize as normalize_bucket_url};
 pub use bytes::Bytes;
 pub use database::{Database, Durability, Options, Scan, WriteHandle};
 pub use error::{Error, ErrorKind, Result};
-pub use hadal_engine::{Assertion, Batch, DEFAULT_TABLE, Lsn};
+pub use hadal_engine::{Assertion, Batch, DEFAULT_TABLE, Entry, Lsn, ReadTxn};
 pub use hadal_format::Epoch;
 pub use hadal_shipper::MetricsSnapshot;

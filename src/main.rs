@@ -1,15 +1,19 @@
 //! The `hadal` command: a key-value shell over the embedded facade (`hadal kv`, optionally
 //! shipping to a bucket), restores, an integrity checker (`hadal check`), bucket qualification
-//! and, as the project grows, the server and replicas.
+//! and the server: `hadal serve` (the writer) and `hadal replica` (a read-only follower), with
+//! `hadal key` for their API keys and `hadal kv --url` as their client.
 
 #![forbid(unsafe_code)]
 
 mod admin_cmd;
 mod branch_cmd;
 mod bucket_cmd;
+mod key_cmd;
 mod kv_cmd;
 mod kv_import;
+mod kv_remote;
 mod restore_cmd;
+mod serve_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +34,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the writer: take the bucket over, serve the HTTP API, ship every commit. With no
+    /// flags: ./hadal-data, file://./hadal-bucket, http on 127.0.0.1:7600.
+    Serve(serve_cmd::ServeArgs),
+    /// Run a read-only replica that follows a bucket and serves reads over HTTP (writes are
+    /// refused with 403).
+    Replica(serve_cmd::ReplicaArgs),
+    /// API keys for the server: `key new` creates one, `key hash` hashes one for the config.
+    Key {
+        #[command(subcommand)]
+        cmd: key_cmd::KeyCommand,
+    },
     /// Read and write keys in a data folder; with --bucket, every write is shipped to the
     /// bucket, the database's durable home.
     Kv(kv_cmd::KvArgs),
@@ -67,15 +82,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HADAL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The servers set up logging themselves, from their resolved settings (--log-format).
+    if !matches!(cli.command, Command::Serve(_) | Command::Replica(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("HADAL_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.command {
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Replica(args) => serve_cmd::replica(args),
+        Command::Key { cmd } => key_cmd::run(cmd),
         Command::Kv(args) => kv_cmd::run(args),
         Command::Check { data } => kv_cmd::check(&data),
         Command::Bucket { cmd } => bucket_cmd::run(cmd),
