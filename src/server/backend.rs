@@ -36,13 +36,18 @@ use hadal_transports::DynBucket;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::database::{Database, Durability, Options};
+use crate::database::{Database, Durability, Options, WriteHandle};
 pub use crate::server::error::{Error, Result};
 
 /// How often an atomic closure may be run again because a concurrent write changed a key it
 /// read, before the caller is told the key is too contended. Each retry reads a newer snapshot,
 /// so only a key rewritten faster than one read-and-commit round trip exhausts it.
 pub const ATOMIC_ATTEMPTS_MAX: usize = 64;
+
+/// How many locks [`Backend::update`] spreads keys over. Two keys share a lock only by hash, so
+/// unrelated keys rarely wait for each other, while every read-modify-write of one key (a burst
+/// of `INCR`s) runs one at a time instead of retrying against itself.
+const KEY_LOCK_STRIPES: usize = 256;
 
 /// A scan page never holds more keys than this, whatever the caller asks.
 pub const SCAN_LIMIT_MAX: usize = 1000;
@@ -160,6 +165,62 @@ pub struct Committed<T> {
     pub read_lsn: Lsn,
     /// The closure's reply from its final run.
     pub reply: T,
+}
+
+/// A write committed locally whose acknowledgement may still wait for durability: `strict`
+/// waits for the bucket, `local` and `async` are done at once. Front-ends that pipeline
+/// (RESP) commit a client's next command right away and send each reply once its write is
+/// durable, in order.
+#[derive(Debug)]
+#[must_use = "a write is acknowledged only once `durable` resolves"]
+pub struct Pending {
+    lsn: Lsn,
+    /// Set in `strict` mode: resolves once the commit is in the bucket.
+    wait: Option<WriteHandle>,
+}
+
+impl Pending {
+    /// The LSN of the local commit.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// Resolves once the write is durable per the mode (invariant 2); [`Error::Fenced`] if it
+    /// never will be.
+    pub async fn durable(self) -> Result<Lsn> {
+        if let Some(handle) = &self.wait {
+            handle.durable().await?;
+        }
+        Ok(self.lsn)
+    }
+}
+
+/// [`Committed`] before its write is durable: what [`Backend::atomic_pending`] and
+/// [`Backend::update_pending`] return.
+#[derive(Debug)]
+#[must_use = "a write is acknowledged only once `durable` resolves"]
+pub struct PendingCommit<T> {
+    /// The local commit, if the plan wrote anything.
+    pub pending: Option<Pending>,
+    /// The LSN of the snapshot the closure's final run read from.
+    pub read_lsn: Lsn,
+    /// The closure's reply from its final run.
+    pub reply: T,
+}
+
+impl<T> PendingCommit<T> {
+    /// Waits until the write (if any) is durable per the mode.
+    pub async fn durable(self) -> Result<Committed<T>> {
+        let lsn = match self.pending {
+            Some(pending) => Some(pending.durable().await?),
+            None => None,
+        };
+        Ok(Committed {
+            lsn,
+            read_lsn: self.read_lsn,
+            reply: self.reply,
+        })
+    }
 }
 
 /// What [`Backend::update`]'s closure does to its key.
@@ -330,6 +391,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// The retention window and when it was read.
     retention: Mutex<Option<(Instant, u64)>>,
+    /// Per-key locks of [`Backend::update`] (by hash, [`KEY_LOCK_STRIPES`] of them).
+    key_locks: Box<[tokio::sync::Mutex<()>]>,
+    key_hasher: std::collections::hash_map::RandomState,
 }
 
 /// A writer or a replica, as server front-ends use it. Cheap to clone; clones share one node.
@@ -358,6 +422,8 @@ impl Backend {
                 data_dir,
                 clock: Arc::new(SystemClock),
                 retention: Mutex::new(None),
+                key_locks: key_locks(),
+                key_hasher: Default::default(),
             }),
         })
     }
@@ -392,6 +458,8 @@ impl Backend {
                 data_dir: options.data_dir.clone(),
                 clock: Arc::new(SystemClock),
                 retention: Mutex::new(None),
+                key_locks: key_locks(),
+                key_hasher: Default::default(),
             }),
         })
     }
@@ -626,13 +694,20 @@ impl Backend {
     /// Commits `batch` atomically (assertions first) and returns its LSN once durable per the
     /// mode (invariant 2). A failed assertion is [`Error::AssertionFailed`] naming it.
     pub async fn write(&self, batch: Batch) -> Result<Lsn> {
+        self.write_pending(batch).await?.durable().await
+    }
+
+    /// Commits `batch` locally (assertions first) and returns at once; the [`Pending`] says
+    /// when the write is durable per the mode. A failed assertion fails here, before anything
+    /// is written.
+    pub async fn write_pending(&self, batch: Batch) -> Result<Pending> {
         let (db, durability) = self.writer()?;
         batch.validate()?;
         let handle = db.apply(batch).await?;
-        if durability == Durability::Strict {
-            handle.durable().await?;
-        }
-        Ok(handle.lsn)
+        Ok(Pending {
+            lsn: handle.lsn,
+            wait: (durability == Durability::Strict).then_some(handle),
+        })
     }
 
     /// Atomic read-modify-write: runs `f` on a snapshot and commits the batch it plans only if
@@ -642,6 +717,16 @@ impl Backend {
     /// `f` returns is returned as is. A plan with no operations commits nothing (so a
     /// read-only `f` also works on a replica).
     pub async fn atomic<T, F>(&self, f: F) -> Result<Committed<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Reads<'_>) -> Result<Plan<T>> + Send + Sync + 'static,
+    {
+        self.atomic_pending(f).await?.durable().await
+    }
+
+    /// [`Backend::atomic`] that returns once the batch is committed locally; the
+    /// [`PendingCommit`] says when it is durable.
+    pub async fn atomic_pending<T, F>(&self, f: F) -> Result<PendingCommit<T>>
     where
         T: Send + 'static,
         F: Fn(&mut Reads<'_>) -> Result<Plan<T>> + Send + Sync + 'static,
@@ -664,8 +749,8 @@ impl Backend {
                 .await?;
             let (plan, guards) = read.value;
             if plan.batch.ops.is_empty() {
-                return Ok(Committed {
-                    lsn: None,
+                return Ok(PendingCommit {
+                    pending: None,
                     read_lsn: read.lsn,
                     reply: plan.reply,
                 });
@@ -673,10 +758,10 @@ impl Backend {
             let own = plan.batch.assertions.len();
             let mut batch = plan.batch;
             batch.assertions.extend(guards);
-            match self.write(batch).await {
-                Ok(lsn) => {
-                    return Ok(Committed {
-                        lsn: Some(lsn),
+            match self.write_pending(batch).await {
+                Ok(pending) => {
+                    return Ok(PendingCommit {
+                        pending: Some(pending),
                         read_lsn: read.lsn,
                         reply: plan.reply,
                     });
@@ -690,6 +775,22 @@ impl Backend {
         })
     }
 
+    /// [`Backend::atomic_pending`] for a closure that works on one `key`: it runs under that
+    /// key's lock, held until the local commit (not until durability), so read-modify-writes
+    /// of one key in this process take turns instead of retrying against each other (a burst
+    /// of `INCR`s on a hot key never runs out of attempts). Writes that take no lock are still
+    /// caught by the optimistic check.
+    pub async fn atomic_pending_keyed<T, F>(&self, key: Vec<u8>, f: F) -> Result<PendingCommit<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Reads<'_>) -> Result<Plan<T>> + Send + Sync + 'static,
+    {
+        use std::hash::BuildHasher as _;
+        let stripe = (self.inner.key_hasher.hash_one(&key) as usize) % self.inner.key_locks.len();
+        let _turn = self.inner.key_locks[stripe].lock().await;
+        self.atomic_pending(f).await
+    }
+
     /// Atomic read-modify-write of one key: `f` sees its entry (or `None`) and says what to do
     /// with it and what to answer; see [`Backend::atomic`]. The building block of `INCR`,
     /// `APPEND`, `SET NX|XX|GET`, `GETDEL`, `EXPIRE`, `PERSIST`.
@@ -698,7 +799,18 @@ impl Backend {
         T: Send + 'static,
         F: Fn(Option<&Entry>, u64) -> Result<(Change, T)> + Send + Sync + 'static,
     {
-        self.atomic(move |reads| {
+        self.update_pending(key, f).await?.durable().await
+    }
+
+    /// [`Backend::update`] that returns once the change is committed locally (under the key's
+    /// lock, see [`Backend::atomic_pending_keyed`]).
+    pub async fn update_pending<T, F>(&self, key: Vec<u8>, f: F) -> Result<PendingCommit<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Option<&Entry>, u64) -> Result<(Change, T)> + Send + Sync + 'static,
+    {
+        let locked = key.clone();
+        self.atomic_pending_keyed(locked, move |reads| {
             let entry = reads.get(&key)?;
             let (change, reply) = f(entry.as_ref(), reads.now_ms())?;
             let batch = match change {
@@ -841,6 +953,12 @@ impl Backend {
             }
         }
     }
+}
+
+fn key_locks() -> Box<[tokio::sync::Mutex<()>]> {
+    (0..KEY_LOCK_STRIPES)
+        .map(|_| tokio::sync::Mutex::new(()))
+        .collect()
 }
 
 /// `strict`, `local` or `async`.

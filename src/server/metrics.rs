@@ -4,10 +4,12 @@
 //! saves.
 //!
 //! Invariant: label values are routes (the matched pattern, never a request's own path, so a
-//! client cannot grow the series set) and HTTP methods, escaped per the text format.
+//! client cannot grow the series set), HTTP methods and RESP command names from the server's
+//! own table, escaped per the text format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -108,6 +110,73 @@ impl HttpMetrics {
     }
 }
 
+/// Command counters and connections of the RESP front-end.
+#[derive(Debug, Default)]
+pub struct RespMetrics {
+    /// (command, failed) → commands answered. Commands are names from the server's own table
+    /// (or `unknown`), so clients cannot grow the series set.
+    commands: Mutex<BTreeMap<(&'static str, bool), u64>>,
+    connections: AtomicU64,
+    connections_total: AtomicU64,
+}
+
+impl RespMetrics {
+    /// Records one answered command.
+    pub fn command(&self, name: &'static str, failed: bool) {
+        *self.commands.lock().entry((name, failed)).or_default() += 1;
+    }
+
+    /// Commands named `name` answered so far with (`failed`) or without an error.
+    pub fn count(&self, name: &'static str, failed: bool) -> u64 {
+        self.commands
+            .lock()
+            .get(&(name, failed))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A connection was accepted.
+    pub fn connected(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed.
+    pub fn disconnected(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn render_into(&self, out: &mut String) {
+        gauge(
+            out,
+            "hadal_resp_connections",
+            "Redis-protocol connections open now.",
+            self.connections(),
+        );
+        counter(
+            out,
+            "hadal_resp_connections_total",
+            "Redis-protocol connections accepted.",
+            self.connections_total.load(Ordering::Relaxed),
+        );
+        out.push_str("# HELP hadal_resp_commands_total Redis-protocol commands answered, by command and outcome.\n");
+        out.push_str("# TYPE hadal_resp_commands_total counter\n");
+        for ((name, failed), n) in self.commands.lock().iter() {
+            let outcome = if *failed { "error" } else { "ok" };
+            let _ = writeln!(
+                out,
+                "hadal_resp_commands_total{{command=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(name)
+            );
+        }
+    }
+}
+
 /// Escapes a label value: backslash, double quote and newline.
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -128,7 +197,12 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 /// The whole exposition: node state (when the backend is open), then HTTP series.
-pub async fn render(role: Role, backend: Option<&Backend>, http: &HttpMetrics) -> String {
+pub async fn render(
+    role: Role,
+    backend: Option<&Backend>,
+    http: &HttpMetrics,
+    resp: &RespMetrics,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -257,6 +331,7 @@ pub async fn render(role: Role, backend: Option<&Backend>, http: &HttpMetrics) -
         }
     }
     http.render_into(&mut out);
+    resp.render_into(&mut out);
     out
 }
 
@@ -282,5 +357,25 @@ mod tests {
         ));
         assert!(out.contains("route=\"a\\\"b\""));
         assert_eq!(m.count_status(200), 2);
+    }
+
+    #[test]
+    fn resp_commands_are_counted_by_name_and_outcome() {
+        // Proves the RESP series: per-command counters split by outcome, and the connection
+        // gauge going up and down.
+        let m = RespMetrics::default();
+        m.command("get", false);
+        m.command("get", false);
+        m.command("set", true);
+        m.connected();
+        m.connected();
+        m.disconnected();
+        let mut out = String::new();
+        m.render_into(&mut out);
+        assert!(out.contains("hadal_resp_commands_total{command=\"get\",outcome=\"ok\"} 2"));
+        assert!(out.contains("hadal_resp_commands_total{command=\"set\",outcome=\"error\"} 1"));
+        assert!(out.contains("hadal_resp_connections 1"));
+        assert!(out.contains("hadal_resp_connections_total 2"));
+        assert_eq!(m.count("set", true), 1);
     }
 }

@@ -9,11 +9,12 @@
 //!   (including the rule that a non-loopback listener needs API keys).
 //! - `auth.rs`: API keys (stored as SHA-256 hashes) and the roles `reader`, `writer`, `admin`.
 //! - `http/`: the HTTP API (axum) and its OpenAPI document.
+//! - `resp/`: the Redis protocol (RESP2/RESP3) front-end.
 //! - `metrics.rs`: the Prometheus text exposition.
 //! - `run.rs`: a server's life: listen, open the backend, serve, shut down within the grace.
 //!
-//! A front-end is a thin adapter over [`Backend`]: the HTTP API here, and the Redis protocol
-//! (RESP) that plugs in the same way (see the hook in `run.rs`).
+//! A front-end is a thin adapter over [`Backend`]: the HTTP API and the Redis protocol both
+//! parse their requests, call [`Backend`] and turn its answers and [`Error`]s into replies.
 
 pub mod auth;
 pub mod backend;
@@ -21,11 +22,12 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod resp;
 pub mod run;
 
 pub use backend::{
-    Backend, Change, Committed, Error, Info, LagInfo, Plan, Read, Reads, ReplicaOptions, Result,
-    Role, ScanPage, ScanRequest, Ttl,
+    Backend, Change, Committed, Error, Info, LagInfo, Pending, PendingCommit, Plan, Read, Reads,
+    ReplicaOptions, Result, Role, ScanPage, ScanRequest, Ttl,
 };
 pub use config::{Layer, LogFormat, ServerConfig};
 pub use run::{run, shutdown_signal};

@@ -1,5 +1,5 @@
-//! A server's life: bind the listeners, open the backend (restore or takeover) while already
-//! answering probes, serve, and on a shutdown signal stop accepting, finish the requests in
+//! A server's life: bind the listeners (HTTP and RESP), open the backend (restore or takeover)
+//! while already answering probes, serve, and on a shutdown signal stop accepting, finish the requests in
 //! flight, close the backend (a writer ships every commit and releases its folder) — all within
 //! the configured grace.
 //!
@@ -93,9 +93,12 @@ pub async fn run(
     let config = Arc::new(config);
     let app = App::new(config.clone())?;
     let listener = bind("http", config.http).await?;
+    // Bound before the backend opens, as HTTP is: clients get `-LOADING` until it is ready.
+    let resp_listener = bind("resp", config.resp).await?;
     tracing::info!(
         role = %config.role,
         http = %config.http,
+        resp = %config.resp,
         bucket = %config.bucket,
         data = %config.data.display(),
         durability = durability_name(config.durability),
@@ -143,13 +146,10 @@ pub async fn run(
                     tracing::info!(
                         role = %config.role,
                         lsn = backend.lsn_applied().get(),
-                        "ready: serving http on {}",
-                        config.http
+                        "ready: serving http on {} and the Redis protocol on {}",
+                        config.http,
+                        config.resp
                     );
-                    // The RESP front-end starts here, on `config.resp`, with `backend.clone()`,
-                    // `app.keys` for AUTH, and `stop` for its own graceful shutdown. It is not
-                    // built yet, so nothing listens on that address.
-                    tracing::debug!(resp = %config.resp, "the RESP front-end is not built yet");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot open the {}", config.role);
@@ -160,6 +160,11 @@ pub async fn run(
         })
     };
 
+    let resp = tokio::spawn(crate::server::resp::serve(
+        resp_listener,
+        app.clone(),
+        stop.subscribe(),
+    ));
     let serving = std::future::IntoFuture::into_future(
         axum::serve(listener, http::router(app.clone())).with_graceful_shutdown(stopped()),
     );
@@ -193,6 +198,16 @@ pub async fn run(
             "requests were still in flight when the shutdown grace of {grace:?} ran out"
         ))),
         () = marking => Ok(()),
+    };
+
+    // Invariant 2: RESP connections finish the commands they read, like HTTP requests in flight.
+    let started = stop_at.lock().unwrap_or_else(Instant::now);
+    let left = (started + grace).saturating_duration_since(Instant::now());
+    let served = match tokio::time::timeout(left.max(Duration::from_millis(1)), resp).await {
+        Ok(_) => served,
+        Err(_) => Err(Error::Unavailable(format!(
+            "Redis-protocol commands were still in flight when the shutdown grace of {grace:?} ran out"
+        ))),
     };
 
     // Invariant 2: every request was answered (or the grace ran out); now close the backend.

@@ -45,7 +45,7 @@ use utoipa_axum::routes;
 use crate::server::auth::{Denied, KeyRole, Keys, Principal};
 use crate::server::backend::{Backend, Error, Role};
 use crate::server::config::ServerConfig;
-use crate::server::metrics::HttpMetrics;
+use crate::server::metrics::{HttpMetrics, RespMetrics};
 
 /// The response header carrying the LSN a read was at or a write committed at.
 pub const LSN_HEADER: &str = "hadal-lsn";
@@ -78,6 +78,8 @@ pub struct App {
     pub phase: RwLock<Phase>,
     /// Request counters and latencies.
     pub metrics: HttpMetrics,
+    /// RESP command counters and connections.
+    pub resp_metrics: RespMetrics,
 }
 
 impl App {
@@ -88,6 +90,7 @@ impl App {
             config,
             phase: RwLock::new(Phase::Starting),
             metrics: HttpMetrics::default(),
+            resp_metrics: RespMetrics::default(),
         }))
     }
 

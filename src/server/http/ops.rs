@@ -129,7 +129,13 @@ pub async fn metrics(
 ) -> Result<Response, ApiError> {
     app.authorize(&headers, KeyRole::Admin)?;
     let backend = app.backend();
-    let text = crate::server::metrics::render(app.role(), backend.as_ref(), &app.metrics).await;
+    let text = crate::server::metrics::render(
+        app.role(),
+        backend.as_ref(),
+        &app.metrics,
+        &app.resp_metrics,
+    )
+    .await;
     Ok((
         [(
             header::CONTENT_TYPE,
