@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs everything CI runs, on a fresh machine or a warm one: formatting, lints, and every test
-# (unit, model, crash, corruption, CLI, and the object-store conformance suite against real
-# servers it installs itself). Caches live under ~/.cache/hadal.
+# (unit, model, crash, corruption, CLI, the object-store conformance suite against real
+# servers it installs itself, and redis-cli/redis-benchmark against `hadal serve`). Caches live
+# under ~/.cache/hadal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,9 @@ if [ -x scripts/object-stores.sh ] || [ -f scripts/object-stores.sh ]; then
   step "object-store servers (install if missing)"
   bash scripts/object-stores.sh
 fi
+
+step "redis tools (install if missing)"
+bash scripts/redis-tools.sh
 
 step "tests"
 cargo test --workspace --all-features

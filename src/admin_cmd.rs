@@ -55,6 +55,16 @@ pub struct CompactArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// The writer's data folder (no server may be running on it).
+    #[arg(long, env = "HADAL_DATA", default_value = "./hadal-data")]
+    data: std::path::PathBuf,
+    /// The database's bucket URL.
+    #[arg(long, env = "HADAL_BUCKET")]
+    bucket: String,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct InfoArgs {
     /// The database's bucket URL.
     #[arg(long, env = "HADAL_BUCKET")]
@@ -82,6 +92,61 @@ fn now_ms() -> u64 {
 
 fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// `hadal snapshot`: opens the folder as the writer (taking the bucket over, as `hadal kv put
+/// --bucket` does), uploads a snapshot of its head with a progress bar, publishes it and
+/// closes.
+pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let options = hadal::Options::new(&args.data).bucket(&args.bucket);
+        let db = hadal::Database::open(options)
+            .await
+            .with_context(|| format!("opening data folder {}", args.data.display()))?;
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} snapshot parts {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let started = std::time::Instant::now();
+        let taking = db.snapshot_now();
+        tokio::pin!(taking);
+        let taken = loop {
+            tokio::select! {
+                taken = &mut taking => break taken,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(m) = db.shipper_metrics() {
+                        bar.set_length(m.snapshot_parts_total);
+                        bar.set_position(m.snapshot_parts_done);
+                    }
+                }
+            }
+        };
+        bar.finish_and_clear();
+        let head = db.lsn().get();
+        let closed = db.close().await;
+        let taken = taken.with_context(|| format!("taking a snapshot into {}", args.bucket))?;
+        closed.with_context(|| format!("closing data folder {}", args.data.display()))?;
+        match taken {
+            Some(snap) => {
+                let bytes: u64 = snap.parts.iter().map(|p| p.bytes).sum();
+                println!(
+                    "snapshot at lsn {} (slot {}): {} pages in {} parts, {:.1} MiB, in {:.1?}; restores, takeovers and replicas now start from it",
+                    snap.lsn,
+                    snap.slot,
+                    snap.page_count,
+                    snap.parts.len(),
+                    bytes as f64 / (1024.0 * 1024.0),
+                    started.elapsed()
+                );
+            }
+            None if head == 0 => println!("nothing to snapshot: the database is empty"),
+            None => println!(
+                "nothing new to snapshot: the newest snapshot is already at the head (lsn {head})"
+            ),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {

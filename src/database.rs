@@ -514,6 +514,27 @@ impl Database {
         shipping.shipper.lock().as_ref().map(|s| s.metrics())
     }
 
+    /// Takes a snapshot of the database as it is now (the whole image, uploaded in parallel
+    /// parts while commits go on) and publishes it in the manifest, whatever the restore budget
+    /// says: restores, takeovers and replicas then start from it. `None` if there is nothing new
+    /// to snapshot (empty, or the newest snapshot is at the current LSN). Progress is in
+    /// [`Database::shipper_metrics`] (`snapshot_parts_done` of `snapshot_parts_total`). Fails
+    /// with `Invalid` for a database without a bucket.
+    pub async fn snapshot_now(&self) -> Result<Option<hadal_format::manifest::SnapshotRef>> {
+        let shipping = self.inner.shipping.as_ref().ok_or_else(|| {
+            Error::Invalid(
+                "this database has no bucket: snapshots are taken into the bucket (pass --bucket)"
+                    .into(),
+            )
+        })?;
+        let shipper = shipping
+            .shipper
+            .lock()
+            .clone()
+            .ok_or_else(|| Error::Closed("the database was closed".into()))?;
+        Ok(shipper.snapshot_now().await?)
+    }
+
     /// Waits for the writes in flight, ships every commit to the bucket, stops the shipper and
     /// releases the folder. Fails (after releasing everything) if some commits could not be
     /// shipped, with the reason (for example `Fenced`). Later calls return `Ok` at once; every

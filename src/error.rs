@@ -57,6 +57,9 @@ pub enum Error {
     },
     #[error("data folder {0} holds no Hadal database")]
     NoDatabase(String),
+    /// The call does not fit this database (for example a snapshot without a bucket).
+    #[error("{0}")]
+    Invalid(String),
     #[error("read-only: {0}")]
     ReadOnly(String),
     #[error("closed: {0}")]
@@ -90,7 +93,8 @@ impl Error {
             Error::BucketRequired { .. }
             | Error::WrongBucket { .. }
             | Error::ForeignHistory { .. }
-            | Error::NoDatabase(_) => ErrorKind::Invalid,
+            | Error::NoDatabase(_)
+            | Error::Invalid(_) => ErrorKind::Invalid,
             Error::ReadOnly(_) | Error::Closed(_) => ErrorKind::Closed,
             Error::Bucket { source, .. } => match source.kind() {
                 hadal_transports::ErrorKind::Indeterminate => ErrorKind::Indeterminate,

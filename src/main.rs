@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         cmd: branch_cmd::BranchCommand,
     },
+    /// Upload a snapshot of a database now and publish it, with a progress bar: restores,
+    /// takeovers and replicas start from the newest snapshot. Takes the writer role over the
+    /// bucket (as `kv put --bucket` does), so run it on the writer's folder while no server
+    /// runs; a running `hadal serve` takes snapshots by itself when restores would get slow.
+    Snapshot(admin_cmd::SnapshotArgs),
     /// Delete what no restore inside the retention window, no pin and the head need.
     Gc(admin_cmd::GcArgs),
     /// What is in a bucket: head, epoch, snapshots, retention, pins, objects and their cost.
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore_cmd::run(args),
         Command::Verify(args) => admin_cmd::verify(args),
         Command::Gc(args) => admin_cmd::gc(args),
+        Command::Snapshot(args) => admin_cmd::snapshot(args),
         Command::Branch { cmd } => branch_cmd::run(cmd),
         Command::Compact(args) => admin_cmd::compact(args),
         Command::Info(args) => admin_cmd::info(args),

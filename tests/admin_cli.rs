@@ -108,3 +108,59 @@ fn info_verify_and_gc_on_a_file_bucket() {
         text(&o.stdout)
     );
 }
+
+#[test]
+fn snapshot_uploads_the_head_and_restores_start_from_it() {
+    // Proves `hadal snapshot` publishes a snapshot at the head (info lists it, a restore uses
+    // it and holds every key), says so when there is nothing new, and refuses a folder without
+    // a bucket with a message naming the flag.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("bucket");
+    let url = format!("file://{}", root.display());
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    for (k, v) in [("a", "1"), ("b", "2")] {
+        let o = hadal(&["kv", "--data", data, "--bucket", &url, "put", k, v]);
+        assert!(o.status.success(), "put: {}", text(&o.stderr));
+    }
+    let o = hadal(&["snapshot", "--data", data, "--bucket", &url]);
+    assert!(o.status.success(), "snapshot: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("snapshot at lsn 2"), "{out}");
+
+    let o = hadal(&["info", "--bucket", &url, "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let snaps = info["snapshots"].as_array().expect("snapshots");
+    assert_eq!(snaps.len(), 1, "{info}");
+    assert_eq!(snaps[0]["lsn"], 2, "{info}");
+
+    let o = hadal(&["snapshot", "--data", data, "--bucket", &url]);
+    assert!(o.status.success(), "snapshot again: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("nothing new to snapshot"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    let copy = dir.path().join("copy");
+    let copy = copy.to_str().expect("utf-8");
+    let o = hadal(&["restore", "--bucket", &url, "--out", copy]);
+    assert!(o.status.success(), "restore: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("from the snapshot at lsn 2"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = hadal(&["kv", "--data", copy, "get", "b"]);
+    assert_eq!(text(&o.stdout).trim(), "2");
+
+    let local = dir.path().join("local");
+    let o = hadal(&[
+        "snapshot",
+        "--data",
+        local.to_str().expect("utf-8"),
+        "--bucket",
+        "",
+    ]);
+    assert!(!o.status.success(), "an empty bucket URL is refused");
+}

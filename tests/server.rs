@@ -2,10 +2,10 @@
 //! ports, driven over HTTP with reqwest, and `hadal kv --url` as the client. Every process is
 //! killed when its handle drops, also when a test fails.
 
+mod server_process;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,135 +14,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hadal::server::auth::{generate_key, hash_key};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-const HADAL: &str = env!("CARGO_BIN_EXE_hadal");
-/// How long a process may take to become ready or to exit before the test gives up on it
-/// (a bound on waiting, not a performance threshold).
-const PROCESS_WAIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
-/// A running `hadal` server process; killed on drop.
-struct Server {
-    child: Option<Child>,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts `hadal ROLE ARGS… --http 127.0.0.1:PORT --resp 127.0.0.1:PORT2`.
-    fn start(role: &str, args: &[&str], log_dir: &Path) -> Server {
-        let port = free_port();
-        let resp = free_port();
-        let log = log_dir.join(format!("{role}-{port}.log"));
-        let file = std::fs::File::create(&log).expect("create the log file");
-        let child = Command::new(HADAL)
-            .arg(role)
-            .args(args)
-            .args(["--http", &format!("127.0.0.1:{port}")])
-            .args(["--resp", &format!("127.0.0.1:{resp}")])
-            .env("HADAL_LOG", "info")
-            .env_remove("HADAL_CONFIG")
-            .env_remove("HADAL_API_KEY_HASHES")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn hadal");
-        Server {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `/readyz` answers 200; panics with the server's log if it exits or takes
-    /// longer than `PROCESS_WAIT`.
-    async fn ready(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + PROCESS_WAIT;
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.url)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            let child = self.child.as_mut().expect("running");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("hadal exited with {status} before ready:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hadal not ready in {PROCESS_WAIT:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// Sends SIGTERM.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits for the process to exit and returns whether it exited successfully.
-    async fn exit(&mut self) -> bool {
-        let deadline = Instant::now() + PROCESS_WAIT;
-        let mut child = self.child.take().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("hadal did not exit in {PROCESS_WAIT:?}:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
-/// A writer on a fresh data folder and bucket inside `dir`.
-fn writer(dir: &Path, extra: &[&str]) -> Server {
-    let data = dir.join("data");
-    let bucket = format!("file://{}", dir.join("bucket").display());
-    let mut args = vec!["--data", data.to_str().expect("utf-8"), "--bucket", &bucket];
-    args.extend_from_slice(extra);
-    Server::start("serve", &args, dir)
-}
+use server_process::{HADAL, PROCESS_WAIT, Server, bucket_url, client, replica, writer};
 
 async fn json_of(r: reqwest::Response) -> Value {
     r.json().await.expect("a JSON body")
@@ -411,13 +283,6 @@ async fn every_kv_endpoint_answers_as_documented() {
     assert!(server.exit_after_term().await);
 }
 
-impl Server {
-    async fn exit_after_term(&mut self) -> bool {
-        self.terminate();
-        self.exit().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_clear_json_errors_and_the_server_stays_up() {
     // Proves bad percent-encoding, oversize bodies, bad JSON, unknown parameters, routes and
@@ -641,22 +506,7 @@ async fn a_replica_follows_refuses_writes_and_honours_min_lsn() {
         .expect("put");
     assert_eq!(r.status(), StatusCode::OK);
 
-    let bucket = format!("file://{}", dir.path().join("bucket").display());
-    let replica_data = dir.path().join("replica");
-    let mut replica = Server::start(
-        "replica",
-        &[
-            "--bucket",
-            &bucket,
-            "--data",
-            replica_data.to_str().expect("utf-8"),
-            "--poll",
-            "50ms",
-            "--min-lsn-wait",
-            "300ms",
-        ],
-        dir.path(),
-    );
+    let mut replica = replica(dir.path(), &["--poll", "50ms", "--min-lsn-wait", "300ms"]);
     replica.ready(&c).await;
     let r = c
         .put(format!("{}/v1/kv/k", primary.url))
@@ -757,7 +607,7 @@ async fn a_fenced_writer_answers_503_fenced() {
         .expect("put");
     assert_eq!(r.status(), StatusCode::OK);
 
-    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let bucket = bucket_url(dir.path());
     let b_data = dir.path().join("b-data");
     let mut b = Server::start(
         "serve",
@@ -842,7 +692,7 @@ async fn sigterm_during_writes_loses_no_acknowledged_write() {
     assert!(server.exit().await, "unclean shutdown:\n{}", server.log());
 
     let out_dir = dir.path().join("restored");
-    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let bucket = bucket_url(dir.path());
     let out = Command::new(HADAL)
         .args(["restore", "--bucket", &bucket, "--out"])
         .arg(&out_dir)

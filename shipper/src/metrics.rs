@@ -20,6 +20,8 @@ pub struct Metrics {
     lsn_durable: AtomicU64,
     snapshots: AtomicU64,
     snapshot_bytes: AtomicU64,
+    snapshot_parts_done: AtomicU64,
+    snapshot_parts_total: AtomicU64,
     gc_runs: AtomicU64,
     gc_deleted: AtomicU64,
     gc_errors: AtomicU64,
@@ -43,6 +45,10 @@ pub struct MetricsSnapshot {
     pub lsn_durable: u64,
     pub snapshots_published: u64,
     pub snapshot_bytes_uploaded: u64,
+    /// Parts uploaded of the snapshot being taken (or of the last one taken).
+    pub snapshot_parts_done: u64,
+    /// Parts of the snapshot being taken (or of the last one); 0 before the first.
+    pub snapshot_parts_total: u64,
     /// Background GC passes that completed.
     pub gc_runs: u64,
     /// Objects those passes deleted.
@@ -73,6 +79,8 @@ impl Default for Metrics {
             lsn_durable: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
+            snapshot_parts_done: AtomicU64::new(0),
+            snapshot_parts_total: AtomicU64::new(0),
             gc_runs: AtomicU64::new(0),
             gc_deleted: AtomicU64::new(0),
             gc_errors: AtomicU64::new(0),
@@ -106,6 +114,17 @@ impl Metrics {
         self.snapshot_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// A snapshot of `parts` parts is being taken.
+    pub(crate) fn snapshot_started(&self, parts: u64) {
+        self.snapshot_parts_done.store(0, Ordering::Relaxed);
+        self.snapshot_parts_total.store(parts, Ordering::Relaxed);
+    }
+
+    /// One more part of the snapshot being taken is in the bucket.
+    pub(crate) fn snapshot_part_uploaded(&self) {
+        self.snapshot_parts_done.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_gc(&self, deleted: u64) {
         self.gc_runs.fetch_add(1, Ordering::Relaxed);
         self.gc_deleted.fetch_add(deleted, Ordering::Relaxed);
@@ -137,6 +156,8 @@ impl Metrics {
             lsn_durable: self.lsn_durable.load(Ordering::Relaxed),
             snapshots_published: self.snapshots.load(Ordering::Relaxed),
             snapshot_bytes_uploaded: self.snapshot_bytes.load(Ordering::Relaxed),
+            snapshot_parts_done: self.snapshot_parts_done.load(Ordering::Relaxed),
+            snapshot_parts_total: self.snapshot_parts_total.load(Ordering::Relaxed),
             gc_runs: self.gc_runs.load(Ordering::Relaxed),
             gc_deleted: self.gc_deleted.load(Ordering::Relaxed),
             gc_errors: self.gc_errors.load(Ordering::Relaxed),

@@ -267,6 +267,7 @@ async fn upload_and_publish(
         dir,
         "taking a snapshot"
     );
+    ship.metrics.snapshot_started(u64::from(part_count));
     let parts: Vec<PartRef> = futures::stream::iter(0..part_count)
         .map(|part| {
             let read = read.clone();
@@ -292,6 +293,7 @@ async fn upload_and_publish(
                     .await
                     .map_err(|e| Error::Bucket(format!("uploading {}: {e}", part_ref.key)))?;
                 ship.budget.measure(size, began.elapsed());
+                ship.metrics.snapshot_part_uploaded();
                 Ok::<_, Error>(part_ref)
             }
         })
