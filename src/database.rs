@@ -6,8 +6,10 @@
 //! hold only the reply, and a bulk loader can pipeline commits while it awaits their
 //! durability in order.
 //!
-//! Engine calls (commits and reads) run on tokio's blocking pool: a commit may fsync and a read
-//! may miss the page cache, and neither may stall the runtime's worker threads.
+//! Commits run on the database's committer thread (`committer.rs`), which groups the writes
+//! queued meanwhile into one engine commit; reads run on tokio's blocking pool. A commit may
+//! fsync and a read may miss the page cache, and neither may stall the runtime's worker
+//! threads.
 //!
 //! Invariants:
 //! 1. No write starts after `close` began, and `close` waits for every write in flight (the
@@ -32,6 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::RwLock as AsyncRwLock;
 
 use crate::binding;
+use crate::committer::Committer;
 use crate::error::{Error, Result};
 use crate::gate::{self, GateState, GateWatch, Relay};
 use crate::takeover;
@@ -229,6 +232,8 @@ struct Inner {
     commit_durability: EngineDurability,
     /// Shared by writes in flight, exclusive for `close` (invariant 1).
     writes: Arc<AsyncRwLock<()>>,
+    /// Runs every commit; `None` for a read-only database.
+    committer: Option<Committer>,
     /// The head at close, for `lsn()` afterwards.
     lsn_closed: Mutex<Option<Lsn>>,
 }
@@ -307,6 +312,7 @@ impl Database {
                 (engine, None, durability)
             }
         };
+        let committer = Committer::start(engine.clone())?;
         Ok(Database {
             inner: Arc::new(Inner {
                 dir,
@@ -315,6 +321,7 @@ impl Database {
                 read_only: None,
                 commit_durability,
                 writes: Arc::new(AsyncRwLock::new(())),
+                committer: Some(committer),
                 lsn_closed: Mutex::new(None),
             }),
         })
@@ -363,6 +370,7 @@ impl Database {
                 read_only: Some(reason),
                 commit_durability: EngineDurability::Sync,
                 writes: Arc::new(AsyncRwLock::new(())),
+                committer: None,
                 lsn_closed: Mutex::new(None),
             }),
         })
@@ -394,14 +402,12 @@ impl Database {
     /// committed locally. Dropping the returned future does not undo a commit under way.
     pub async fn apply(&self, batch: Batch) -> Result<WriteHandle> {
         let writing = self.inner.writes.clone().read_owned().await;
-        let engine = self.check_writable()?;
+        self.check_writable()?;
+        let committer = self.inner.committer.as_ref().ok_or_else(|| {
+            Error::ReadOnly("this database was opened without a committer".into())
+        })?;
         let batch = batch.durability(self.inner.commit_durability);
-        let lsn = blocking(move || {
-            let lsn = engine.apply(batch).map_err(Error::from);
-            drop(writing);
-            lsn
-        })
-        .await?;
+        let lsn = committer.commit(batch, writing).await?;
         Ok(WriteHandle {
             lsn,
             gate: self.inner.shipping.as_ref().map(|s| s.watch.clone()),
@@ -458,6 +464,14 @@ impl Database {
     ) -> Result<T> {
         let engine = self.engine()?;
         blocking(move || Ok(f(&engine.begin_read())?)).await
+    }
+
+    /// A read snapshot of the newest local commit, opened on the calling thread; its reads run
+    /// there too. A point read of cached pages takes microseconds, less than the hand-off
+    /// [`Database::read`] makes to the blocking pool, but a page that is not cached is read
+    /// from the file on this thread: use it for a few keys, and [`Database::read`] for scans.
+    pub fn begin_read(&self) -> Result<ReadTxn> {
+        Ok(self.engine()?.begin_read())
     }
 
     /// The keys and values `scan` selects, from one snapshot. The result is collected in
@@ -541,6 +555,9 @@ impl Database {
     /// other operation fails with `Closed`.
     pub async fn close(&self) -> Result<()> {
         let _exclusive = self.inner.writes.write().await;
+        if let Some(committer) = &self.inner.committer {
+            committer.stop().await;
+        }
         let Some(engine) = self.inner.engine.write().take() else {
             return Ok(());
         };

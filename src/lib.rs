@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod binding;
+mod committer;
 mod database;
 mod error;
 mod gate;

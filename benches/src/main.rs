@@ -13,11 +13,15 @@
 //!   `target/hadal-bench/restore.json`.
 //! * `replica`: a follower's lag behind a strict writer under a steady write load on a
 //!   latency-injected store (issue 5, item 6). Writes `target/hadal-bench/replica.json`.
+//! * `resp`: `redis-benchmark` SET and GET against `hadal serve`'s Redis-protocol port (`async`
+//!   and `strict`) and against Debian's `redis-server` (`appendfsync everysec`), one server at a
+//!   time (issue 6, Done-when 5). Writes `target/hadal-bench/resp.json`.
 
 mod engines;
 mod meter;
 mod replica;
 mod report;
+mod resp;
 mod restore;
 mod shipping;
 mod workload;
@@ -57,6 +61,45 @@ enum Command {
     Restore(RestoreArgs),
     /// Issue 5: a follower's lag behind a strict writer under a steady write load.
     Replica(ReplicaArgs),
+    /// Issue 6: redis-benchmark SET/GET against Hadal's RESP port (async, strict) and redis-server.
+    Resp(RespArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RespArgs {
+    /// Requests per test (`redis-benchmark -n`): this many SETs, then this many GETs.
+    #[arg(long, default_value_t = 500_000)]
+    requests: u64,
+    /// Parallel connections (`-c`).
+    #[arg(long, default_value_t = 50)]
+    clients: u32,
+    /// Bytes of every SET value (`-d`).
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Commands per pipeline (`-P`); 1 is one command per round trip.
+    #[arg(long, default_value_t = 1)]
+    pipeline: u32,
+    /// Distinct random keys (`-r`): the SETs and GETs draw from key:000000000000 up.
+    #[arg(long, default_value_t = 100_000)]
+    keyspace: u64,
+    /// Rounds; every round runs each system once, in --only's order (the table shows medians).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Systems to run, in this order within a round.
+    #[arg(long, value_delimiter = ',', default_value = "redis,async,strict")]
+    only: Vec<resp::System>,
+    /// The hadal binary [default: built first with `cargo build --release --bin hadal`].
+    #[arg(long)]
+    hadal: Option<PathBuf>,
+    /// A smoke run: 20,000 requests per test over 10,000 keys, one round.
+    #[arg(long)]
+    quick: bool,
+    /// Folder for the servers' files [default: <workspace>/target/hadal-bench/scratch].
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Where to write the JSON [default: <workspace>/target/hadal-bench/resp.json].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,7 +233,58 @@ fn main() -> Result<()> {
         Command::Shipping(args) => run_shipping_benchmark(&args),
         Command::Restore(args) => run_restore_benchmark(&args),
         Command::Replica(args) => run_replica_benchmark(&args),
+        Command::Resp(args) => run_resp_benchmark(&args),
     }
+}
+
+fn run_resp_benchmark(args: &RespArgs) -> Result<()> {
+    ensure!(args.requests > 0, "--requests must be at least 1");
+    ensure!(
+        (1..=10_000).contains(&args.clients),
+        "--clients must be 1 to 10000, not {}",
+        args.clients
+    );
+    ensure!(
+        (1..=1024 * 1024).contains(&args.value_bytes),
+        "--value-bytes must be 1 to 1048576, not {}",
+        args.value_bytes
+    );
+    ensure!(
+        (1..=10_000).contains(&args.pipeline),
+        "--pipeline must be 1 to 10000, not {}",
+        args.pipeline
+    );
+    ensure!(args.keyspace > 0, "--keyspace must be at least 1");
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let mut systems = Vec::new();
+    for &system in &args.only {
+        if !systems.contains(&system) {
+            systems.push(system);
+        }
+    }
+    ensure!(!systems.is_empty(), "--only names no system");
+    let plan = resp::Plan {
+        requests: if args.quick { 20_000 } else { args.requests },
+        clients: args.clients,
+        value_bytes: args.value_bytes,
+        pipeline: args.pipeline,
+        keyspace: if args.quick { 10_000 } else { args.keyspace },
+        rounds: if args.quick { 1 } else { args.rounds },
+        systems,
+    };
+    let (scratch, out) = bench_paths(&args.scratch, &args.out, "resp")?;
+    let tools = resp::Tools::find(args.hadal.as_deref(), &workspace_root())?;
+    progress(&format!(
+        "hadal: {} ({}), {}; redis-server: {}; {}",
+        tools.hadal_version,
+        tools.hadal_commit,
+        tools.hadal.display(),
+        tools.redis_server_version,
+        tools.redis_benchmark_version
+    ));
+    let results = resp::run(&plan, &tools, &scratch)?;
+    print!("{}", resp::report::table(&results));
+    write_json(resp::report::json(&results), &out, &["hadal"])
 }
 
 /// The latency model of `--request-ms`, `--jitter-ms` and `--seed`, checked.

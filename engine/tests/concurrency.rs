@@ -67,6 +67,51 @@ fn group_commit_from_many_threads_loses_nothing() {
 }
 
 #[test]
+fn apply_group_commits_the_batches_that_hold_as_one_commit() {
+    // Proves `apply_group` answers every batch in order: the ones whose assertions hold share
+    // one LSN and are visible, a failed assertion or a malformed batch writes nothing and only
+    // fails itself, and an empty group commits nothing.
+    let clock = ManualClock::new(1_000);
+    let db = mem_db(&clock, false);
+    db.apply(Batch::new().put("taken", "x")).expect("seed");
+    let results = db.apply_group(vec![
+        Batch::new().put("a", "1"),
+        Batch::new()
+            .assert(hadal_engine::Assertion::Absent {
+                table: DEFAULT_TABLE.into(),
+                key: b"taken".to_vec(),
+            })
+            .put("b", "2"),
+        Batch::new().put(vec![b'k'; 10_000], "too long a key"),
+        Batch::new().put("c", "3"),
+    ]);
+    assert_eq!(results.len(), 4);
+    let lsn = *results[0].as_ref().expect("a commits");
+    assert_eq!(results[3].as_ref().expect("c commits"), &lsn);
+    assert_eq!(lsn.get(), 2, "one commit for the whole group");
+    assert!(matches!(
+        results[1],
+        Err(hadal_engine::Error::AssertionFailed { .. })
+    ));
+    assert_eq!(
+        results[2].as_ref().expect_err("malformed").kind(),
+        ErrorKind::Invalid
+    );
+    let read = db.begin_read();
+    assert_eq!(
+        read.get(DEFAULT_TABLE, b"a").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        read.get(DEFAULT_TABLE, b"c").expect("get").as_deref(),
+        Some(&b"3"[..])
+    );
+    assert_eq!(read.get(DEFAULT_TABLE, b"b").expect("get"), None);
+    assert!(db.apply_group(Vec::new()).is_empty());
+    assert_eq!(db.lsn().get(), 2);
+}
+
+#[test]
 fn snapshots_do_not_move_under_writers_and_checkpoints() {
     // Proves a read snapshot keeps seeing its LSN's contents while later commits and
     // checkpoints run, and that the checkpoint does not pass it.

@@ -49,6 +49,10 @@ pub const ATOMIC_ATTEMPTS_MAX: usize = 64;
 /// of `INCR`s) runs one at a time instead of retrying against itself.
 const KEY_LOCK_STRIPES: usize = 256;
 
+/// Reads of at most this many keys run on the calling thread ([`Backend::read_here`]); more
+/// go to the blocking pool.
+const POINT_READ_KEYS_MAX: usize = 64;
+
 /// A scan page never holds more keys than this, whatever the caller asks.
 pub const SCAN_LIMIT_MAX: usize = 1000;
 
@@ -576,6 +580,30 @@ impl Backend {
         }
     }
 
+    /// [`Backend::read`] on the calling thread, for point reads of a few keys (see
+    /// [`Database::begin_read`]): no hand-off to the blocking pool, which costs more than the
+    /// read when its pages are cached.
+    fn read_here<T>(&self, f: impl Fn(&ReadTxn) -> Result<T>) -> Result<Read<T>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let txn = match &self.inner.node {
+                Node::Writer { db, .. } => db.begin_read()?,
+                Node::Replica { engine, .. } => engine.begin_read(),
+            };
+            match f(&txn) {
+                Ok(value) => {
+                    return Ok(Read {
+                        lsn: txn.lsn(),
+                        value,
+                    });
+                }
+                Err(Error::Retry(_)) if attempt < READ_ATTEMPTS_MAX => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The entry of `key` in the default table (value, expiry, last-write LSN), `None` when
     /// absent or expired, read at or after `min_lsn` if given: a replica waits up to `wait` for
     /// it, then fails with [`Error::Behind`] carrying its current LSN.
@@ -586,8 +614,7 @@ impl Backend {
         wait: Duration,
     ) -> Result<Read<Option<Entry>>> {
         self.reach(min_lsn, wait).await?;
-        self.read(move |txn| Ok(txn.get_entry(DEFAULT_TABLE, &key)?))
-            .await
+        self.read_here(|txn| Ok(txn.get_entry(DEFAULT_TABLE, &key)?))
     }
 
     /// Several keys from one snapshot (for `MGET`), in the order asked.
@@ -597,14 +624,19 @@ impl Backend {
         min_lsn: Option<Lsn>,
         wait: Duration,
     ) -> Result<Read<Vec<Option<Entry>>>> {
+        let keys_len = keys.len();
         self.reach(min_lsn, wait).await?;
-        self.read(move |txn| {
+        let read = move |txn: &ReadTxn| {
             let table = txn.table(DEFAULT_TABLE)?;
             keys.iter()
                 .map(|k| table.get_entry(k).map_err(Error::from))
                 .collect()
-        })
-        .await
+        };
+        if keys_len <= POINT_READ_KEYS_MAX {
+            self.read_here(read)
+        } else {
+            self.read(read).await
+        }
     }
 
     /// The time to live of `key`.
@@ -736,17 +768,16 @@ impl Backend {
         for _ in 0..ATOMIC_ATTEMPTS_MAX {
             let g = f.clone();
             let clock = clock.clone();
-            let read = self
-                .read(move |txn| {
-                    let mut reads = Reads {
-                        txn,
-                        now_ms: clock.now_ms(),
-                        read_set: Vec::new(),
-                    };
-                    let plan = (*g)(&mut reads)?;
-                    Ok((plan, reads.assertions()))
-                })
-                .await?;
+            // The closures of read-modify-writes read a few keys: on this thread.
+            let read = self.read_here(move |txn| {
+                let mut reads = Reads {
+                    txn,
+                    now_ms: clock.now_ms(),
+                    read_set: Vec::new(),
+                };
+                let plan = (*g)(&mut reads)?;
+                Ok((plan, reads.assertions()))
+            })?;
             let (plan, guards) = read.value;
             if plan.batch.ops.is_empty() {
                 return Ok(PendingCommit {
