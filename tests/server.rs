@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hadal::server::auth::{generate_key, hash_key};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server_process::{HADAL, PROCESS_WAIT, Server, bucket_url, client, replica, writer};
+use server_process::{
+    HADAL, PROCESS_WAIT, RoleKeys, bucket_url, client, replica, second_writer, writer,
+};
 
 async fn json_of(r: reqwest::Response) -> Value {
     r.json().await.expect("a JSON body")
@@ -390,13 +391,12 @@ async fn keys_and_roles_gate_every_route() {
     // metrics, an admin can; probes need no key; keys never reach the log; a public address
     // without keys refuses to start.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (reader, writer_key, admin) = (generate_key(), generate_key(), generate_key());
-    let hashes = format!(
-        "reader:{}:r,writer:{}:w,admin:{}:a",
-        hash_key(&reader),
-        hash_key(&writer_key),
-        hash_key(&admin)
-    );
+    let RoleKeys {
+        reader,
+        writer: writer_key,
+        admin,
+        flag: hashes,
+    } = RoleKeys::new();
     let mut server = writer(dir.path(), &["--api-key-hash", &hashes]);
     let c = client();
     server.ready(&c).await;
@@ -607,18 +607,7 @@ async fn a_fenced_writer_answers_503_fenced() {
         .expect("put");
     assert_eq!(r.status(), StatusCode::OK);
 
-    let bucket = bucket_url(dir.path());
-    let b_data = dir.path().join("b-data");
-    let mut b = Server::start(
-        "serve",
-        &[
-            "--data",
-            b_data.to_str().expect("utf-8"),
-            "--bucket",
-            &bucket,
-        ],
-        dir.path(),
-    );
+    let mut b = second_writer(dir.path());
     b.ready(&c).await;
 
     let r = c

@@ -10,11 +10,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hadal::server::auth::{generate_key, hash_key};
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError, Value};
 use reqwest::StatusCode;
-use server_process::{PROCESS_WAIT, Server, client, replica, writer};
+use server_process::{PROCESS_WAIT, RoleKeys, Server, client, replica, second_writer, writer};
 
 /// How long one RESP reply may take (a bound on waiting, not a performance threshold; the
 /// crate's default of 500 ms is too short for a strict write on a loaded machine).
@@ -1098,13 +1097,12 @@ async fn api_keys_gate_resp_commands_by_role() {
     // writes, an admin runs INFO and CONFIG GET, clients that authenticate on connect (AUTH or
     // HELLO 3 AUTH) work, QUIT needs no key, and no key reaches the log.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (reader, writer_key, admin) = (generate_key(), generate_key(), generate_key());
-    let hashes = format!(
-        "reader:{}:r,writer:{}:w,admin:{}:a",
-        hash_key(&reader),
-        hash_key(&writer_key),
-        hash_key(&admin)
-    );
+    let RoleKeys {
+        reader,
+        writer: writer_key,
+        admin,
+        flag: hashes,
+    } = RoleKeys::new();
     let mut server = started(writer(dir.path(), &["--api-key-hash", &hashes])).await;
     let port = server.resp_port;
     let mut con = connect(&server.resp_url()).await;
@@ -1499,19 +1497,7 @@ async fn a_fenced_writer_answers_fenced_over_resp() {
         Value::Okay
     );
 
-    let b_data = dir.path().join("b-data");
-    let bucket = server_process::bucket_url(dir.path());
-    let b = started(Server::start(
-        "serve",
-        &[
-            "--data",
-            b_data.to_str().expect("utf-8"),
-            "--bucket",
-            &bucket,
-        ],
-        dir.path(),
-    ))
-    .await;
+    let b = started(second_writer(dir.path())).await;
 
     let e = err(&mut a_con, &["SET", "k", "stale"]).await;
     assert!(e.starts_with("FENCED"), "a write to the fenced writer: {e}");

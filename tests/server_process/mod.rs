@@ -187,3 +187,43 @@ pub fn replica(dir: &Path, extra: &[&str]) -> Server {
     args.extend_from_slice(extra);
     Server::start("replica", &args, dir)
 }
+
+/// A second `hadal serve` of `dir`'s bucket with its own data folder: once ready it has taken
+/// the bucket over and fenced the first writer, as a rolling deploy does.
+pub fn second_writer(dir: &Path) -> Server {
+    let data = dir.join("b-data");
+    let bucket = bucket_url(dir);
+    Server::start(
+        "serve",
+        &["--data", data.to_str().expect("utf-8"), "--bucket", &bucket],
+        dir,
+    )
+}
+
+/// One API key of each role and the `--api-key-hash` flag value that configures all three.
+pub struct RoleKeys {
+    pub reader: String,
+    pub writer: String,
+    pub admin: String,
+    /// `reader:SHA:r,writer:SHA:w,admin:SHA:a`.
+    pub flag: String,
+}
+
+impl RoleKeys {
+    pub fn new() -> RoleKeys {
+        use hadal::server::auth::{generate_key, hash_key};
+        let (reader, writer, admin) = (generate_key(), generate_key(), generate_key());
+        let flag = format!(
+            "reader:{}:r,writer:{}:w,admin:{}:a",
+            hash_key(&reader),
+            hash_key(&writer),
+            hash_key(&admin)
+        );
+        RoleKeys {
+            reader,
+            writer,
+            admin,
+            flag,
+        }
+    }
+}
