@@ -141,6 +141,15 @@ impl Server {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash or a vanished instance would end it (no
+    /// shutdown, no final ship), and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and returns whether the process then exited successfully.
     pub async fn exit_after_term(&mut self) -> bool {
         self.terminate();
