@@ -8,6 +8,11 @@
 //! is missing) from a write that reached the bucket but whose answer the kill cut off (a newer
 //! counter: allowed).
 //!
+//! A second test runs two writers on one bucket as a rolling deploy does: a new `hadal serve` on
+//! another folder takes the bucket over while the old one is still under load; the old one's
+//! writes must then fail (503 `fenced`), and every write either answered 200 must be on the new
+//! one.
+//!
 //! CI runs `KILL_CYCLES_DEFAULT` cycles. A longer campaign: `HADAL_KILL_CYCLES=200 cargo test
 //! --release --test kill9 -- --nocapture`; `HADAL_KILL_SEED=N` replays one (the seed is printed).
 
@@ -41,9 +46,15 @@ fn env_number(name: &str) -> Option<u64> {
 /// What the load had answered 200, per key: the highest counter acknowledged.
 type Acked = Arc<Mutex<BTreeMap<String, u64>>>;
 
-/// Starts a strict writer on `data` and `dir`'s bucket and waits until it is ready.
+/// Starts a strict writer on `dir/data` and `dir`'s bucket and waits until it is ready.
 async fn start(dir: &std::path::Path, c: &reqwest::Client) -> Server {
-    let data = dir.join("data");
+    start_on(dir, "data", c).await
+}
+
+/// Starts a strict writer on `dir/folder` and `dir`'s bucket and waits until it is ready (it has
+/// taken the bucket over, fencing any other writer).
+async fn start_on(dir: &std::path::Path, folder: &str, c: &reqwest::Client) -> Server {
+    let data = dir.join(folder);
     let bucket = bucket_url(dir);
     let mut server = Server::start(
         "serve",
@@ -184,4 +195,77 @@ async fn kill_dash_nine_loses_no_acknowledged_strict_write() {
         "kill -9 harness: {cycles} kills, {folders_lost} with the data folder deleted, {answered} writes acknowledged, {} keys checked after every restart, seed {seed}",
         snapshot.len()
     );
+}
+
+/// Takeovers per CI run of the two-writer test.
+const TAKEOVERS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_fighting_over_one_bucket_lose_no_acknowledged_write() {
+    // Proves fencing from outside: a second writer taking the bucket over mid-load (alternating
+    // between two folders, so a fenced folder with unshipped commits is reopened later) leaves
+    // every write either writer answered 200 on the new writer, and the old one answers nothing
+    // 200 after it was fenced.
+    let seed = env_number("HADAL_KILL_SEED").unwrap_or_else(rand::random);
+    println!("two-writer harness: {TAKEOVERS} takeovers, seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client();
+    let acked: Acked = Arc::default();
+    let mut answered = 0usize;
+    let folders = ["a", "b"];
+    let mut current = start_on(dir.path(), folders[0], &c).await;
+    for takeover in 0..TAKEOVERS {
+        let first = (takeover as u64 + 1) * 1_000_000;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks: Vec<_> = (0..2)
+            .map(|w| {
+                tokio::spawn(write_load(
+                    current.url.clone(),
+                    w,
+                    stop.clone(),
+                    acked.clone(),
+                    first,
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
+        let next = start_on(dir.path(), folders[(takeover + 1) % 2], &c).await;
+        // The old writer is fenced: a write to it now is refused, never answered 200.
+        let r = c
+            .put(format!("{}/v1/kv/after-fence", current.url))
+            .body("x")
+            .send()
+            .await
+            .expect("put to the fenced writer");
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "takeover {takeover}: the old writer still accepts writes:\n{}",
+            current.log()
+        );
+        tasks.extend((2..4).map(|w| {
+            tokio::spawn(write_load(
+                next.url.clone(),
+                w,
+                stop.clone(),
+                acked.clone(),
+                first,
+            ))
+        }));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            answered += t.await.expect("writer task");
+        }
+        current.kill9();
+        let snapshot = acked.lock().clone();
+        check(&next, &c, &snapshot, &format!("takeover {takeover}")).await;
+        current = next;
+    }
+    assert!(
+        answered >= TAKEOVERS,
+        "only {answered} writes were acknowledged: the harness tested too little"
+    );
+    println!("two-writer harness: {answered} writes acknowledged, seed {seed}");
 }
