@@ -41,6 +41,16 @@ pub struct Server {
 impl Server {
     /// Starts `hadal ROLE ARGS… --http 127.0.0.1:PORT --resp 127.0.0.1:PORT2`.
     pub fn start(role: &str, args: &[&str], log_dir: &Path) -> Server {
+        Server::start_with_env(role, args, &[], log_dir)
+    }
+
+    /// [`Server::start`] with extra environment variables (an object store's credentials).
+    pub fn start_with_env(
+        role: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log_dir: &Path,
+    ) -> Server {
         let port = free_port();
         let resp_port = free_port();
         let log = log_dir.join(format!("{role}-{port}.log"));
@@ -53,6 +63,7 @@ impl Server {
             .env("HADAL_LOG", "info")
             .env_remove("HADAL_CONFIG")
             .env_remove("HADAL_API_KEY_HASHES")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
