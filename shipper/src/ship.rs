@@ -251,6 +251,9 @@ impl ShipLoop {
         let mut last_poll = Instant::now();
         // When the last upload ended: an upload starting soon after it lingers.
         let mut last_done: Option<Instant> = None;
+        // The last upload had to leave commits out (its segment was full): ship the rest at
+        // once instead of one segment per interval, so a backlog drains at upload speed.
+        let mut backlog = false;
         let mut stop = self.stop.clone();
         loop {
             let stopping = *stop.borrow();
@@ -273,7 +276,7 @@ impl ShipLoop {
                 }
                 continue;
             }
-            if self.mode != Mode::Strict && !stopping {
+            if self.mode != Mode::Strict && !stopping && !backlog {
                 let due = last_upload + self.interval;
                 if Instant::now() < due {
                     tokio::select! {
@@ -296,8 +299,9 @@ impl ShipLoop {
             last_upload = Instant::now();
             let shipped = self.ship_once().await;
             last_done = Some(Instant::now());
-            if let Err(e) = shipped {
-                return self.halt(e);
+            match shipped {
+                Ok(full) => backlog = full,
+                Err(e) => return self.halt(e),
             }
             if !stopping {
                 self.snapshot_if_due();
@@ -320,13 +324,15 @@ impl ShipLoop {
         Ok(())
     }
 
-    /// Seals the commits after `lsn_durable` into one segment and uploads it.
-    async fn ship_once(&self) -> Result<()> {
+    /// Seals the commits after `lsn_durable` into one segment and uploads it. Returns whether
+    /// the segment was full (commits it had no room for are waiting).
+    async fn ship_once(&self) -> Result<bool> {
         let (slot, prev_hash, after) = {
             let p = self.position.lock();
             (p.next_slot, p.prev_hash, p.lsn_durable)
         };
         let commits = self.db.commits_since(after, SEGMENT_COMMITS_MAX)?;
+        let read = commits.len();
         let mut bytes = 0usize;
         let sealed: Vec<Commit> = commits
             .into_iter()
@@ -340,9 +346,10 @@ impl ShipLoop {
             .map(|(_, c)| c)
             .collect();
         let Some(last) = sealed.last().map(|c| c.lsn) else {
-            return Ok(());
+            return Ok(false);
         };
         let commit_count = sealed.len();
+        let full = commit_count < read || read == SEGMENT_COMMITS_MAX;
         let nonce = Nonce::random();
         let segment = Segment::commits(
             self.db_id,
@@ -372,7 +379,7 @@ impl ShipLoop {
         }
         self.db.set_lsn_shipped(last);
         self.durable.send_modify(|d| d.lsn = last);
-        Ok(())
+        Ok(full)
     }
 
     /// Creates the segment at `slot`, retrying transient failures with the same bytes.
