@@ -583,8 +583,8 @@ fn workloads(data: &Dataset) -> Vec<Workload> {
             id: "a_load",
             label: format!(
                 "(a) load {} keys, {} durable txns",
-                thousands(data.loaded),
-                thousands(txn_count)
+                thousands(data.loaded as f64),
+                thousands(txn_count as f64)
             ),
             op_count: data.loaded,
             target: Some(Target {
@@ -596,7 +596,7 @@ fn workloads(data: &Dataset) -> Vec<Workload> {
             id: "b_point_reads",
             label: format!(
                 "(b) {} random point reads",
-                thousands(data.read_order.len())
+                thousands(data.read_order.len() as f64)
             ),
             op_count: data.read_order.len(),
             target: Some(Target {
@@ -608,7 +608,7 @@ fn workloads(data: &Dataset) -> Vec<Workload> {
             id: "c_single_commits",
             label: format!(
                 "(c) {} single-key durable commits",
-                thousands(SINGLE_COMMITS)
+                thousands(SINGLE_COMMITS as f64)
             ),
             op_count: SINGLE_COMMITS,
             target: Some(Target {
@@ -620,7 +620,7 @@ fn workloads(data: &Dataset) -> Vec<Workload> {
             id: "d_range_scans",
             label: format!(
                 "(d) {} range scans of {SCAN_KEYS} keys",
-                thousands(SCAN_COUNT)
+                thousands(SCAN_COUNT as f64)
             ),
             op_count: SCAN_COUNT,
             target: None,
@@ -629,8 +629,9 @@ fn workloads(data: &Dataset) -> Vec<Workload> {
 }
 
 /// `1234567` as `1,234,567`.
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
+/// `1234567.0` as `1,234,567` (rounded), for the benchmarks' tables.
+pub(crate) fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {

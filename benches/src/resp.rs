@@ -1075,17 +1075,7 @@ pub mod report {
         ratio(results, System::Async, test).map(|r| (r, r >= GOAL_ASYNC_OVER_REDIS))
     }
 
-    fn thousands(n: f64) -> String {
-        let digits = format!("{:.0}", n.max(0.0));
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
-    }
+    use crate::thousands;
 
     fn ms(value: Option<f64>) -> String {
         value.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))

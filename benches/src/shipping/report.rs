@@ -90,18 +90,7 @@ fn per_commit(bytes: u64, commits: u64) -> f64 {
     }
 }
 
-/// `1234567.0` as `1,234,567`.
-fn thousands(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+use crate::thousands;
 
 /// The highest sustained step of a system, for (d) and (e).
 fn top_step(run: &SystemRun) -> Option<&OpenStep> {
